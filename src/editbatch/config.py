@@ -1,0 +1,252 @@
+"""Run configuration: YAML in, one validated `RunConfig` out.
+
+Precedence is defaults < YAML file < ``--set key=value`` overrides; the merged
+result is validated once, here, and every error names the file and the field.
+The seed project's file shape (``diffusion_model: {type, params: {device_ids,
+enable_batch_sync}}``) is translated to this schema before validation.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .devices import Device, expand_devices
+from .errors import ConfigError
+from .models.registry import canonical_name, model_names
+
+MODES = ("sync", "nosync", "balanced", "window")
+SEED_MODEL_PATH = "Qwen/Qwen-Image-Edit"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetConfig(_Strict):
+    path: Path
+    format: Literal["auto", "jsonl", "csv"] = "auto"
+    limit: int | None = Field(default=None, ge=1, description="use only the first N items")
+
+
+class LoraConfig(_Strict):
+    path: str
+    scale: float = 1.0
+    weight_name: str | None = None
+
+
+class ModelConfig(_Strict):
+    type: str
+    path: str = "tiny"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the pipeline call")
+    lora: LoraConfig | None = None
+    offload: Literal["none", "model", "sequential"] = "none"
+    compile: bool = False
+    attention_backend: str | None = None
+    pipeline_class: str | None = Field(default=None, description="for type 'diffusers': the pipeline class name")
+    load_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra from_pretrained keyword arguments")
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        name = canonical_name(value)
+        if name is None:
+            close = difflib.get_close_matches(value, model_names(), n=3, cutoff=0.5)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise ValueError(f"unknown model type {value!r}{hint} (known: {', '.join(model_names())})")
+        return name
+
+
+class ClusterConfig(_Strict):
+    broker: str = "auto"
+    devices: list[int | str] = Field(default_factory=lambda: ["cpu", "cpu"], min_length=1)
+    load_concurrency: int = Field(default=1, ge=1)
+    ready_timeout_s: float = Field(default=1800.0, gt=0, description="how long the producer waits for every worker")
+    namespace: str = Field(default="editbatch", pattern=r"^[A-Za-z0-9_.-]+$")
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        if value != "auto" and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be 'auto' or a redis:// URL")
+        return value
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, value: list[int | str]) -> list[int | str]:
+        expand_devices(value)  # raises ValueError with the reason
+        return value
+
+    def device_slots(self) -> list[Device]:
+        return expand_devices(self.devices)
+
+
+class ScheduleConfig(_Strict):
+    mode: Literal["sync", "nosync", "balanced", "window"] = "sync"
+    seed: int = 42
+    task_timeout_s: float = Field(default=600.0, gt=0)
+    max_skew: int = Field(default=1, ge=0, description="window mode: batches the newest item may run ahead")
+    max_in_flight: int = Field(default=4096, ge=1, description="tasks held in Redis at once (nosync/balanced)")
+
+
+class RunConfig(_Strict):
+    name: str = "run"
+    dataset: DatasetConfig
+    output_dir: Path
+    model: ModelConfig
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+
+    @model_validator(mode="after")
+    def _speeds_match_devices(self) -> "RunConfig":
+        speeds = self.model.params.get("device_speed") if self.model.type == "simulated" else None
+        if speeds is not None and len(speeds) != len(self.cluster.devices):
+            raise ValueError(
+                f"model.params.device_speed has {len(speeds)} entries for {len(self.cluster.devices)} devices"
+            )
+        return self
+
+    @property
+    def devices(self) -> list[Device]:
+        return self.cluster.device_slots()
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, check_dataset: bool = True) -> RunConfig:
+    """Read, translate, override and validate a config file; raise ConfigError on any problem."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(source, None, "config file not found") from None
+    except OSError as exc:
+        raise ConfigError(source, None, f"cannot read config file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else None
+        raise ConfigError(source, where, f"not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, None, "top level must be a mapping of keys to values")
+    data = translate_seed_config(data)
+    for item in overrides:
+        apply_override(data, item)
+    config = validate_config(data, source)
+    if check_dataset and not config.dataset.path.is_file():
+        raise ConfigError(source, "dataset.path", f"dataset file not found: {config.dataset.path}")
+    return config
+
+
+def validate_config(data: dict[str, Any], source: str) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or None
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+            parent_loc, key = err["loc"][:-1], str(err["loc"][-1])
+            known = _known_keys(parent_loc)
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            if close:
+                message += f"; did you mean {close[0]!r}?"
+            elif known:
+                message += f" (allowed: {', '.join(known)})"
+        elif err["type"] == "missing":
+            message = "required but missing"
+        elif "input" in err and err["type"] not in ("value_error",) and not isinstance(err["input"], dict):
+            message += f" (got {err['input']!r})"
+        extra = len(exc.errors()) - 1
+        if extra:
+            message += f" [and {extra} more problem{'s' if extra > 1 else ''}]"
+        raise ConfigError(source, field, message) from None
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        info = model.model_fields.get(str(part))
+        if info is None or not isinstance(info.annotation, type) or not issubclass(info.annotation, BaseModel):
+            # Optional[Model] annotations: look inside the union.
+            args = getattr(info.annotation, "__args__", ()) if info else ()
+            inner = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+            if not inner:
+                return []
+            model = inner[0]
+        else:
+            model = info.annotation
+    return list(model.model_fields)
+
+
+def translate_seed_config(data: dict[str, Any]) -> dict[str, Any]:
+    """Map the seed project's ``diffusion_model`` block onto our schema.
+
+    ``type: multi_gpu_qwen_image_edit`` becomes the Qwen-Image-Edit adapter,
+    ``params.device_ids`` the cluster devices and ``params.enable_batch_sync``
+    the schedule mode (true: sync, false: nosync). Any other params are
+    pipeline call arguments, as in the seed.
+    """
+    if "diffusion_model" not in data:
+        return data
+    data = dict(data)
+    seed_block = data.pop("diffusion_model") or {}
+    if not isinstance(seed_block, dict):
+        return {**data, "diffusion_model": seed_block}  # let validation name it
+    params = dict(seed_block.get("params") or {})
+    model = dict(data.get("model") or {})
+    model.setdefault("type", seed_block.get("type", "multi_gpu_qwen_image_edit"))
+    if "model_path" in params or "path" in seed_block:
+        model.setdefault("path", params.pop("model_path", None) or seed_block.get("path"))
+    else:
+        model.setdefault("path", SEED_MODEL_PATH)
+    cluster = dict(data.get("cluster") or {})
+    if "device_ids" in params:
+        cluster.setdefault("devices", params.pop("device_ids"))
+    schedule = dict(data.get("schedule") or {})
+    if "enable_batch_sync" in params:
+        schedule.setdefault("mode", "sync" if params.pop("enable_batch_sync") else "nosync")
+    if "base_seed" in params:
+        schedule.setdefault("seed", params.pop("base_seed"))
+    model.setdefault("params", params)
+    data.update(model=model, cluster=cluster, schedule=schedule)
+    data.setdefault("name", "seed")
+    data.setdefault("output_dir", "runs/seed")
+    return data
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Apply one ``key.sub=value`` override; the value is parsed as YAML (``[0,1]``, ``true``, ``2.5``)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError("--set", item, "expected KEY=VALUE, e.g. schedule.mode=nosync")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError("--set", key, f"{part!r} is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def dump_config(config: RunConfig) -> str:
+    """The effective config as YAML (what workers started by `editbatch run` read)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,58 @@
+"""The adapter contract every model family implements.
+
+A worker builds one adapter for its device, calls `load()` once at start-up
+and then `edit()` once per item. Adapters never see Celery, Redis or paths:
+the task layer decodes images and writes outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from ..config import ModelConfig
+    from ..devices import Device
+
+
+@dataclass
+class EditRequest:
+    item_id: str
+    images: list["Image.Image"]  # RGB, EXIF orientation applied; empty when the adapter reads none
+    instruction: str
+    seed: int
+    params: dict[str, Any] = field(default_factory=dict)  # model.params, already merged
+
+
+@dataclass
+class EditResult:
+    image: "Image.Image"
+    # Recorded in the manifest: input/output sizes, the size policy applied, anything else useful.
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class EditModel:
+    """Base class for adapters. Subclasses set `name` and implement `load` and `edit`."""
+
+    name: ClassVar[str] = ""
+    reads_images: ClassVar[bool] = True  # False: the task layer skips decoding inputs
+    max_images: ClassVar[int] = 1  # input images one item may carry
+
+    def __init__(self, config: "ModelConfig", device: "Device", *, torch_device: str | None = None):
+        self.config = config
+        self.device = device
+        # Inside a worker CUDA_VISIBLE_DEVICES exposes only its GPU, so it is always cuda:0.
+        self.torch_device = torch_device or ("cuda:0" if device.kind == "cuda" else "cpu")
+
+    def load(self) -> None:
+        """Load weights onto the device. Called once per worker, before any task."""
+        raise NotImplementedError
+
+    def edit(self, request: EditRequest) -> EditResult:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """What the worker advertises in its readiness record."""
+        return {"type": self.name, "path": self.config.path, "dtype": self.config.dtype}
