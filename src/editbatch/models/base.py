@@ -39,6 +39,7 @@ class EditModel:
     name: ClassVar[str] = ""
     reads_images: ClassVar[bool] = True  # False: the task layer skips decoding inputs
     max_images: ClassVar[int] = 1  # input images one item may carry
+    slot: int = 0  # position of this worker's device in cluster.devices
 
     def __init__(self, config: "ModelConfig", device: "Device", *, torch_device: str | None = None):
         self.config = config

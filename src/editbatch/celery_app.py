@@ -1,0 +1,62 @@
+"""The Celery application: settings in one place, nothing else.
+
+`celery -A editbatch.celery_app worker` works as a plain Celery entry point:
+with EDITBATCH_DEVICE (and EDITBATCH_CONFIG) set, the worker binds that
+device, loads the model once and serves the device's queue plus the shared one.
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+from kombu import Queue
+
+from .devices import SHARED_QUEUE, parse_device
+
+TASK_MODULES = ["editbatch.tasks.edit"]
+DEFAULT_VISIBILITY_TIMEOUT_S = 6 * 3600
+
+
+def make_app(broker_url: str, *, visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S) -> Celery:
+    app = Celery("editbatch", broker=broker_url, backend=broker_url, include=TASK_MODULES)
+    transport = {
+        # Redis has no real acks: an unacked message is re-queued after this
+        # long, so it must exceed the longest task (see README, "Timeouts").
+        "visibility_timeout": int(visibility_timeout_s),
+    }
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
+        result_expires=24 * 3600,
+        task_default_queue=SHARED_QUEUE,
+        worker_send_task_events=True,  # Flower
+        task_send_sent_event=True,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+    )
+    return app
+
+
+def _bind_device_from_env(app: Celery) -> None:
+    spec = os.environ.get("EDITBATCH_DEVICE")
+    if not spec:
+        return
+    device = parse_device(spec)
+    if device.kind == "cuda":
+        # Before anything imports torch; an operator's own setting wins.
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", str(device.index))
+    app.conf.task_queues = [Queue(device.queue), Queue(SHARED_QUEUE)]
+    from .workers import hooks  # noqa: F401  (connects the worker signals)
+
+
+app = make_app(os.environ.get("EDITBATCH_BROKER", "redis://localhost:6379/0"))
+_bind_device_from_env(app)

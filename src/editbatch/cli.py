@@ -1,0 +1,143 @@
+"""The `editbatch` command: run, worker, validate, make-tiny.
+
+Exit codes: 0 every item ok; 1 some items failed or were invalid; 2 a
+config, usage or cluster error (one line on stderr naming file and field);
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import EXIT_USAGE, EditBatchError
+
+
+def _add_config(p: argparse.ArgumentParser, *, required_flag: bool = False) -> None:
+    if not required_flag:
+        p.add_argument("config", nargs="?", help="run config (YAML)")
+    p.add_argument("--config", dest="config_flag", metavar="CONFIG", help="run config (YAML)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set schedule.mode=nosync (repeatable)")
+
+
+def _config_path(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    path = getattr(args, "config_flag", None) or getattr(args, "config", None) or os.environ.get("EDITBATCH_CONFIG")
+    if not path:
+        parser.error("a config file is needed (CONFIG or --config CONFIG)")
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="editbatch", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a config: start or reach the workers, edit every item, write the outputs")
+    _add_config(run)
+    run.add_argument("--strict", action="store_true", help="any invalid dataset item is an error before anything runs")
+
+    worker = sub.add_parser("worker", help="start one worker bound to one device (and its queue)")
+    _add_config(worker)
+    worker.add_argument("--device", default=os.environ.get("EDITBATCH_DEVICE"),
+                        help="CUDA index (0, 1, ...), cpuN, or node:index")
+    worker.add_argument("--broker", default=None, help="redis URL (default: EDITBATCH_BROKER, then cluster.broker)")
+    worker.add_argument("--loglevel", default="INFO")
+
+    validate = sub.add_parser("validate", help="check a config and every dataset item without running anything")
+    _add_config(validate)
+
+    tiny = sub.add_parser("make-tiny", help="write a tiny random-weight pipeline (offline) for tests and dry runs")
+    tiny.add_argument("family", help="instruct_pix2pix, qwen_image_edit, qwen_image_edit_plus or flux_kontext")
+    tiny.add_argument("directory")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return _cmd_run(args, parser)
+        if args.command == "worker":
+            return _cmd_worker(args, parser)
+        if args.command == "validate":
+            return _cmd_validate(args, parser)
+        if args.command == "make-tiny":
+            from .models.tiny import build_tiny
+
+            print(build_tiny(args.family, args.directory))
+            return 0
+    except EditBatchError as exc:
+        print(f"editbatch: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("editbatch: interrupted; every process of the run was stopped", file=sys.stderr)
+        return 130
+    return EXIT_USAGE
+
+
+def _cmd_run(args, parser) -> int:
+    from .config import load_config
+    from .producer.run import execute
+
+    path = _config_path(args, parser)
+    config = load_config(path, args.overrides)
+    return execute(config, source=path, strict=args.strict).exit_code
+
+
+def _cmd_validate(args, parser) -> int:
+    from .config import load_config
+    from .producer.run import prepare_items
+
+    path = _config_path(args, parser)
+    config = load_config(path, args.overrides)
+    items = prepare_items(config, path, strict=False)
+    bad = [i for i in items if not i.valid]
+    print(f"{path}: config ok; mode {config.schedule.mode} on {len(config.devices)} device(s) "
+          f"({', '.join(d.queue for d in config.devices)}); model {config.model.type} ({config.model.path})")
+    print(f"{config.dataset.path}: {len(items)} items, {len(items) - len(bad)} valid, {len(bad)} invalid")
+    for item in bad:
+        print(f"  {item.id} (row {item.index}): {item.error}")
+    return 1 if bad else 0
+
+
+def _cmd_worker(args, parser) -> int:
+    from .config import load_config
+    from .devices import SHARED_QUEUE, parse_device
+
+    path = _config_path(args, parser)
+    if not args.device:
+        parser.error("--device is needed (or EDITBATCH_DEVICE)")
+    device = parse_device(args.device)
+    config = load_config(path, args.overrides, check_dataset=False)
+    broker = args.broker or os.environ.get("EDITBATCH_BROKER") or config.cluster.broker
+    if broker == "auto":
+        raise EditBatchError("a worker needs a broker: pass --broker redis://... or set EDITBATCH_BROKER "
+                             "(cluster.broker is 'auto', which only `editbatch run` can start)")
+    if args.overrides:
+        # The worker hooks read the config by path; hand them the overridden one.
+        import tempfile
+
+        from .config import dump_config
+
+        fd, tmp = tempfile.mkstemp(prefix="editbatch-worker-", suffix=".yaml")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(dump_config(config))
+        path = tmp
+    os.environ.update(EDITBATCH_DEVICE=device.spec, EDITBATCH_CONFIG=os.path.abspath(path), EDITBATCH_BROKER=broker)
+    if device.kind == "cuda":
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", str(device.index))
+
+    from .celery_app import app  # after the environment is set: it binds the device
+
+    app.worker_main([
+        "worker", "--pool", "threads", "--concurrency", "1", "--prefetch-multiplier", "1",
+        "--queues", f"{device.queue},{SHARED_QUEUE}", "--hostname", f"{device.queue}@%h",
+        "--without-mingle", "--without-gossip", "--loglevel", args.loglevel,
+    ])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

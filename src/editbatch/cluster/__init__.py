@@ -1,0 +1,1 @@
+"""Starting a private cluster on this machine: Redis and one worker process per device."""

@@ -1,0 +1,72 @@
+"""The files of a run: manifest.jsonl, workers.json, summary.json.
+
+The manifest is appended as results arrive (a crash keeps what finished) and
+rewritten in input order when the run ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+MANIFEST_FIELDS = ("id", "index", "status", "output", "device", "worker", "batch", "seed", "submitted_at",
+                   "started_at", "finished_at", "error")
+
+
+def manifest_record(item, seed: int, result: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One manifest line; `result` is the worker's (or a synthesised) result, None for invalid items."""
+    record: dict[str, Any] = {k: None for k in MANIFEST_FIELDS}
+    record.update(id=item.id, index=item.index, seed=seed, category=item.category,
+                  instruction=item.instruction, inputs=[str(p) for p in item.images])
+    if result is None:
+        record.update(status="invalid", error=item.error)
+        return record
+    for key in MANIFEST_FIELDS:
+        if key in result and key not in ("id", "index"):
+            record[key] = result[key]
+    info = result.get("info") or {}
+    for key in ("input_size", "output_size", "size_policy"):
+        if key in info:
+            record[key] = info[key]
+    if result.get("work_s") is not None:
+        record["work_s"] = result["work_s"]
+    return record
+
+
+class Manifest:
+    def __init__(self, output_dir: Path):
+        self.path = output_dir / "manifest.jsonl"
+        self.records: dict[int, dict[str, Any]] = {}
+        self._fh = self.path.open("w", encoding="utf-8")
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.records[record["index"]] = record
+        self._fh.write(json.dumps(record) + "\n")
+        self._fh.flush()
+
+    def finalize(self) -> list[dict[str, Any]]:
+        self._fh.close()
+        ordered = [self.records[i] for i in sorted(self.records)]
+        write_jsonl(self.path, ordered)
+        return ordered
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(json.dumps(record) + "\n")
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_manifest(output_dir: Path) -> list[dict[str, Any]]:
+    with (Path(output_dir) / "manifest.jsonl").open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]

@@ -1,0 +1,98 @@
+"""What the operator sees: the mode banner, the assignment table, the bar and per-batch lines."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+LABELS = {"sync": "[SYNC]", "nosync": "[NO-SYNC]", "balanced": "[BALANCED]", "window": "[WINDOW]"}
+
+
+def preview(indices: list[int], shown: int = 5) -> str:
+    head = ", ".join(str(i) for i in indices[:shown])
+    more = len(indices) - shown
+    return f"[{head}{', ... +' + str(more) + ' more' if more > 0 else ''}]"
+
+
+class Progress:
+    def __init__(self, mode: str, total: int, devices: list[str], *, stream: TextIO | None = None,
+                 batches: int | None = None, batch_size: int | None = None):
+        self.mode = mode
+        self.total = total
+        self.devices = devices
+        self.stream = stream or sys.stdout
+        self.batches = batches
+        self.batch_size = batch_size
+        self.bar: tqdm | None = None
+        # batch -> [left, first submit, slowest device, slowest seconds]
+        self._open: dict[int, list[Any]] = {}
+        self._next_batch_line = 0
+        self._closed: dict[int, str] = {}
+
+    def say(self, text: str = "") -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def banner(self, model: str, items: int, invalid: int, extra: str = "") -> None:
+        self.say(f"[editbatch] Starting batch edit: {items} images on {len(self.devices)} devices ({model})")
+        self.say(f"  Batch synchronization: {'ENABLED' if self.mode == 'sync' else 'DISABLED'}"
+                 f"  (mode: {self.mode}{extra})")
+        if invalid:
+            self.say(f"  {invalid} invalid item(s) recorded and skipped (see manifest.jsonl)")
+
+    def assignment(self, per_device: dict[str, list[int]] | None, in_flight: int | None = None) -> None:
+        if per_device is None:
+            self.say("Task Assignment: one shared queue, whichever device is free takes the next item")
+        else:
+            self.say("Task Assignment:")
+            for device, indices in per_device.items():
+                self.say(f"  {device}: {len(indices)} images -> {preview(indices)}")
+        if self.mode == "sync":
+            self.say("Batch synchronization mode:")
+            self.say(f"   - Total batches: {self.batches}")
+            self.say(f"   - Batch size: {self.batch_size} (one task per device)")
+        elif self.mode == "window":
+            self.say(f"Window mode: {self.batches} batches of {self.batch_size}, "
+                     f"at most {in_flight} items from the oldest unfinished one")
+        elif self.mode == "nosync":
+            self.say(f"No-sync mode: All {self.total} tasks submitted at once"
+                     + (f" (at most {in_flight} held in Redis at a time)" if in_flight and in_flight < self.total else ""))
+        else:
+            self.say(f"Balanced mode: {self.total} tasks through the shared queue")
+
+    def start(self) -> None:
+        self.bar = tqdm(total=self.total, desc=f"{LABELS[self.mode]} Editing images", unit="img",
+                        file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+
+    def track_batch(self, batch: int | None, size: int) -> None:
+        if batch is not None and batch not in self._open:
+            self._open[batch] = [size, time.time(), None, 0.0]
+
+    def item_done(self, batch: int | None, device: str | None, seconds: float | None) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+        if batch is None or batch not in self._open:
+            return
+        entry = self._open[batch]
+        entry[0] -= 1
+        if seconds is not None and seconds >= entry[3]:
+            entry[2], entry[3] = device, seconds
+        if entry[0] == 0:
+            del self._open[batch]
+            slowest = f"slowest: {entry[2]} {entry[3]:.2f}s" if entry[2] else "no task finished"
+            self._closed[batch] = (f"Batch {batch + 1}/{self.batches} done in {time.time() - entry[1]:.2f}s, "
+                                   f"{'GPUs synced' if self.mode == 'sync' else 'all items done'} ({slowest})")
+            # Lines come out in batch order, a resume cursor the reader can trust.
+            while self._next_batch_line in self._closed:
+                self.say(self._closed.pop(self._next_batch_line))
+                self._next_batch_line += 1
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,0 +1,38 @@
+"""Sending `editbatch.edit` tasks: one message per item, a Celery group per sync batch."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from celery import Celery, group
+
+from ..scheduling import Assignment
+from ..tasks.contract import TASK_NAME
+
+PayloadFor = Callable[[Assignment, float], dict[str, Any]]
+
+
+class Submitter:
+    def __init__(self, app: Celery, payload_for: PayloadFor):
+        self.app = app
+        self.payload_for = payload_for
+        self.submitted_at: dict[int, float] = {}
+
+    def send(self, assignments: list[Assignment], *, as_group: bool = False) -> None:
+        if not assignments:
+            return
+        now = time.time()
+        sigs = []
+        for a in assignments:
+            self.submitted_at[a.ordinal] = now
+            # ignore_result: the result comes back through the run's inbox, so
+            # Celery neither stores it nor subscribes to a channel per task.
+            sigs.append(self.app.signature(TASK_NAME, args=[self.payload_for(a, now)], queue=a.queue,
+                                           ignore_result=True))
+        if as_group and len(sigs) > 1:
+            group(sigs).apply_async()
+            return
+        with self.app.producer_or_acquire() as producer:
+            for sig in sigs:
+                sig.apply_async(producer=producer)

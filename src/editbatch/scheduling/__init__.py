@@ -1,0 +1,10 @@
+"""The scheduling core: release policies, replay and run metrics.
+
+Plain Python only (no Celery, Redis or torch), so every rule here is tested
+on its own and reused by the producer, the benchmark and the summary.
+"""
+
+from .metrics import Timing
+from .policies import Assignment, Policy, make_policy
+
+__all__ = ["Assignment", "Policy", "Timing", "make_policy"]

@@ -1,0 +1,132 @@
+"""What a run cost: bounds, efficiency, barrier idle time, skew, ideal makespan.
+
+All inputs are plain `Timing` records taken from the manifest, so the same
+numbers can be recomputed from a finished run's files.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from .policies import Policy
+from .replay import replay
+
+
+@dataclass(frozen=True)
+class Timing:
+    ordinal: int  # position among the items that were run, in input order
+    device: str  # queue of the device that ran it
+    started_at: float
+    finished_at: float
+    batch: int | None = None
+    submitted_at: float | None = None
+    # Device-independent amount of work in seconds, where the model knows it
+    # (the simulated model does); otherwise the measured duration is used.
+    work_s: float | None = None
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.finished_at - self.started_at)
+
+    @property
+    def work(self) -> float:
+        return self.work_s if self.work_s is not None else self.duration
+
+
+def busy_by_device(timings: Iterable[Timing], devices: list[str]) -> dict[str, float]:
+    busy = {d: 0.0 for d in devices}
+    for t in timings:
+        busy[t.device] = busy.get(t.device, 0.0) + t.duration
+    return busy
+
+
+def device_rates(timings: list[Timing], devices: list[str]) -> dict[str, float]:
+    """Work done per second of busy time on each device (1.0 where work is unknown)."""
+    work: dict[str, float] = defaultdict(float)
+    busy: dict[str, float] = defaultdict(float)
+    for t in timings:
+        work[t.device] += t.work
+        busy[t.device] += t.duration
+    return {d: (work[d] / busy[d]) if busy[d] > 0 else 1.0 for d in devices}
+
+
+def lower_bound(timings: list[Timing], devices: list[str]) -> float:
+    """No schedule can finish faster: total work over the devices' combined rate, or the longest task."""
+    if not timings:
+        return 0.0
+    rates = device_rates(timings, devices)
+    total_rate = sum(rates.values()) or float(len(devices))
+    return max(sum(t.work for t in timings) / total_rate, max(t.duration for t in timings))
+
+
+def makespan(timings: list[Timing], since: float | None = None) -> float:
+    if not timings:
+        return 0.0
+    start = since if since is not None else min(t.started_at for t in timings)
+    return max(t.finished_at for t in timings) - start
+
+
+def barrier_idle(timings: list[Timing]) -> dict[str, float]:
+    """Device time spent waiting for the slowest task of its batch (batched runs only)."""
+    by_batch: dict[int, list[Timing]] = defaultdict(list)
+    for t in timings:
+        if t.batch is not None:
+            by_batch[t.batch].append(t)
+    idle: dict[str, float] = defaultdict(float)
+    for members in by_batch.values():
+        end = max(t.finished_at for t in members)
+        for t in members:
+            idle[t.device] += end - t.finished_at
+    return dict(idle)
+
+
+def max_skew(timings: list[Timing], devices: int) -> float:
+    """Largest span, in batches of `devices` items, from the oldest unfinished item to a newly started one.
+
+    At each task start the oldest unfinished item is the first ordinal whose
+    finish lies after that instant; it only moves forward in time, so one
+    pass over the starts in time order is enough.
+    """
+    if not timings or devices <= 0:
+        return 0.0
+    by_ordinal = sorted(timings, key=lambda t: t.ordinal)
+    ordinals = [t.ordinal for t in by_ordinal]
+    finishes = [t.finished_at for t in by_ordinal]
+    pointer = 0
+    worst = 0
+    for t in sorted(timings, key=lambda t: (t.started_at, t.ordinal)):
+        while pointer < len(finishes) and finishes[pointer] <= t.started_at:
+            pointer += 1
+        oldest = ordinals[pointer] if pointer < len(ordinals) else t.ordinal
+        worst = max(worst, t.ordinal - oldest)
+    return worst / devices
+
+
+def ideal_makespan(timings: list[Timing], devices: list[str], policy_factory: Callable[[], Policy]) -> float:
+    """Replay the run's policy with the recorded durations and no orchestration cost.
+
+    An item keeps its measured duration on the device that ran it; on another
+    device its work is scaled by that device's measured rate.
+    """
+    if not timings:
+        return 0.0
+    rates = device_rates(timings, devices)
+    by_ordinal = {t.ordinal: t for t in timings}
+
+    def duration(ordinal: int, device: str) -> float:
+        t = by_ordinal.get(ordinal)
+        if t is None:
+            return 0.0
+        if device == t.device:
+            return t.duration
+        return t.work / rates.get(device, 1.0)
+
+    return replay(policy_factory(), devices, duration)
+
+
+def median_queue_wait(timings: Iterable[Timing]) -> float | None:
+    waits = [t.started_at - t.submitted_at for t in timings if t.submitted_at is not None]
+    return statistics.median(waits) if waits else None

@@ -1,0 +1,177 @@
+"""Release policies: which items go to which queue, and when.
+
+A policy works on ordinals 0..n-1 (the valid items in input order). The
+producer calls `start()` once and `done(ordinal)` for every finished item;
+both return the items to submit now. Policies know nothing of Celery or time,
+so the same objects drive the real producer and the zero-overhead replay in
+`replay.py`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Assignment:
+    ordinal: int
+    queue: str
+    batch: int | None = None
+
+
+class Policy:
+    mode = ""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.finished = 0
+
+    def start(self) -> list[Assignment]:
+        raise NotImplementedError
+
+    def done(self, ordinal: int) -> list[Assignment]:
+        raise NotImplementedError
+
+    @property
+    def complete(self) -> bool:
+        return self.finished >= self.n
+
+
+def batch_count(n: int, size: int) -> int:
+    return -(-n // size) if n else 0
+
+
+class SyncPolicy(Policy):
+    """One item per device per batch; batch k+1 is released when all of batch k is done."""
+
+    mode = "sync"
+
+    def __init__(self, n: int, queues: list[str]):
+        super().__init__(n)
+        self.queues = queues
+        self.size = len(queues)
+        self.batches = batch_count(n, self.size)
+        self.batch = -1
+        self._left = 0
+
+    def _release(self) -> list[Assignment]:
+        self.batch += 1
+        first = self.batch * self.size
+        ordinals = range(first, min(first + self.size, self.n))
+        self._left = len(ordinals)
+        return [Assignment(o, self.queues[o - first], self.batch) for o in ordinals]
+
+    def start(self) -> list[Assignment]:
+        return self._release() if self.n else []
+
+    def done(self, ordinal: int) -> list[Assignment]:
+        self.finished += 1
+        self._left -= 1
+        if self._left == 0 and self.batch + 1 < self.batches:
+            return self._release()
+        return []
+
+
+class NoSyncPolicy(Policy):
+    """Item i to device i mod G, each device's queue kept topped up to `per_queue` tasks.
+
+    Runs in the same order as submitting everything at once, without
+    holding the whole run in Redis.
+    """
+
+    mode = "nosync"
+
+    def __init__(self, n: int, queues: list[str], per_queue: int):
+        super().__init__(n)
+        self.queues = queues
+        self.per_queue = max(1, per_queue)
+        g = len(queues)
+        self.pending = [deque(range(q, n, g)) for q in range(g)]
+
+    def _take(self, q: int, count: int) -> list[Assignment]:
+        pending = self.pending[q]
+        return [Assignment(pending.popleft(), self.queues[q]) for _ in range(min(count, len(pending)))]
+
+    def start(self) -> list[Assignment]:
+        return [a for q in range(len(self.queues)) for a in self._take(q, self.per_queue)]
+
+    def done(self, ordinal: int) -> list[Assignment]:
+        self.finished += 1
+        return self._take(ordinal % len(self.queues), 1)
+
+
+class BalancedPolicy(Policy):
+    """Everything through one shared queue; whichever device is free takes the next item."""
+
+    mode = "balanced"
+
+    def __init__(self, n: int, shared_queue: str, in_flight: int):
+        super().__init__(n)
+        self.queue = shared_queue
+        self.in_flight = max(1, in_flight)
+        self.next = 0
+
+    def _take(self, count: int) -> list[Assignment]:
+        stop = min(self.n, self.next + count)
+        out = [Assignment(o, self.queue) for o in range(self.next, stop)]
+        self.next = stop
+        return out
+
+    def start(self) -> list[Assignment]:
+        return self._take(self.in_flight)
+
+    def done(self, ordinal: int) -> list[Assignment]:
+        self.finished += 1
+        return self._take(1)
+
+
+class WindowPolicy(Policy):
+    """Shared queue, in order, but item i is released only while i - oldest_unfinished < (K+1) x G.
+
+    The span from the oldest unfinished item to the newest started one then
+    stays under K+1 batches, and every item before the oldest unfinished one
+    is done: a resume cursor without a full stop at each batch.
+    """
+
+    mode = "window"
+
+    def __init__(self, n: int, shared_queue: str, devices: int, max_skew: int):
+        super().__init__(n)
+        self.queue = shared_queue
+        self.size = devices
+        self.limit = (max_skew + 1) * devices
+        self.next = 0
+        self.oldest = 0  # oldest unfinished ordinal
+        self._done = bytearray(n)
+
+    def _take(self) -> list[Assignment]:
+        stop = min(self.n, self.oldest + self.limit)
+        out = [Assignment(o, self.queue, o // self.size) for o in range(self.next, stop)]
+        self.next = max(self.next, stop)
+        return out
+
+    def start(self) -> list[Assignment]:
+        return self._take()
+
+    def done(self, ordinal: int) -> list[Assignment]:
+        self.finished += 1
+        self._done[ordinal] = 1
+        while self.oldest < self.n and self._done[self.oldest]:
+            self.oldest += 1
+        return self._take()
+
+
+def make_policy(mode: str, n: int, queues: list[str], shared_queue: str, *, max_skew: int = 1,
+                max_in_flight: int = 4096) -> Policy:
+    g = len(queues)
+    if mode == "sync":
+        return SyncPolicy(n, queues)
+    if mode == "nosync":
+        return NoSyncPolicy(n, queues, per_queue=-(-max_in_flight // g))
+    if mode == "balanced":
+        # At least two per device so a device never waits for the producer to refill.
+        return BalancedPolicy(n, shared_queue, in_flight=max(max_in_flight, 2 * g))
+    if mode == "window":
+        return WindowPolicy(n, shared_queue, g, max_skew)
+    raise ValueError(f"unknown mode {mode!r}")

@@ -1,0 +1,78 @@
+"""The `editbatch.edit` task contract: what callers send and what they get back.
+
+Both directions are plain JSON objects. Images never travel through Redis:
+the payload names input files, and the worker writes the output to
+``<output_dir>/images/<safe id>.png`` on storage it shares with the caller.
+
+Payload (version 1)::
+
+    {"v": 1, "id": "cat-01", "images": ["/data/cat.jpg"], "instruction": "make it snow",
+     "output_dir": "/runs/x", "seed": 1234,          # required
+     "index": 0, "batch": null, "params": {},        # optional
+     "model": {"type": "qwen_image_edit", "path": "..."},   # optional: refuse other models
+     "run": null, "report": null, "submitted_at": null}     # used by `editbatch run`
+
+Result::
+
+    {"id", "index", "status": "ok" | "failed", "output": "images/cat-01.png" | null,
+     "device", "worker", "host", "pid", "batch", "seed", "started_at", "finished_at",
+     "submitted_at", "error": null | str, "info": {...}, "work_s": null | float}
+
+``started_at``/``finished_at`` are epoch seconds taken on the worker around
+the model call. A failed item is a normal result with ``status: failed``;
+the task itself only raises for a payload that breaks this contract.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+TASK_NAME = "editbatch.edit"
+VERSION = 1
+
+
+class PayloadError(ValueError):
+    """The payload does not follow the contract."""
+
+
+@dataclass
+class EditTask:
+    id: str
+    images: list[str]
+    instruction: str
+    output_dir: str
+    seed: int
+    index: int = 0
+    batch: int | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] | None = None
+    run: str | None = None
+    report: str | None = None
+    submitted_at: float | None = None
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"v": VERSION, **asdict(self)}
+
+    @classmethod
+    def from_payload(cls, payload: Any) -> "EditTask":
+        if not isinstance(payload, dict):
+            raise PayloadError(f"payload must be a JSON object, got {type(payload).__name__}")
+        version = payload.get("v", VERSION)
+        if version != VERSION:
+            raise PayloadError(f"unsupported payload version {version!r} (this worker speaks {VERSION})")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(payload) - known - {"v"})
+        if unknown:
+            raise PayloadError(f"unknown payload fields: {', '.join(unknown)}")
+        missing = [k for k in ("id", "images", "instruction", "output_dir", "seed") if k not in payload]
+        if missing:
+            raise PayloadError(f"missing payload fields: {', '.join(missing)}")
+        task = cls(**{k: v for k, v in payload.items() if k != "v"})
+        if not isinstance(task.images, list) or not all(isinstance(p, str) for p in task.images):
+            raise PayloadError("'images' must be a list of file paths")
+        if not isinstance(task.seed, int) or isinstance(task.seed, bool):
+            raise PayloadError("'seed' must be an integer")
+        if not isinstance(task.params, dict):
+            raise PayloadError("'params' must be an object")
+        return task

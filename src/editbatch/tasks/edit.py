@@ -1,0 +1,56 @@
+"""The `editbatch.edit` Celery task: decode the payload, run the adapter, record the result."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from pathlib import Path
+
+from celery import shared_task
+
+from ..dataset import output_name
+from ..imageio import load_rgb, save_png
+from ..models.base import EditRequest
+from ..workers import runtime
+from .contract import TASK_NAME, EditTask
+
+
+@shared_task(name=TASK_NAME, acks_late=True)
+def edit(payload: dict) -> dict:
+    task = EditTask.from_payload(payload)
+    rt = runtime.current()
+    result = {"id": task.id, "index": task.index, "batch": task.batch, "seed": task.seed,
+              "submitted_at": task.submitted_at, **rt.identity,
+              "status": "failed", "output": None, "error": None, "info": {}, "work_s": None,
+              "started_at": None, "finished_at": None}
+    try:
+        _run(task, rt, result)
+    except Exception as exc:  # noqa: BLE001 - one bad item must not stop the worker
+        result["error"] = f"{exc.__class__.__name__}: {exc}"
+        result["traceback"] = traceback.format_exc(limit=6)
+        if result["started_at"] is None:
+            result["started_at"] = result["finished_at"] = time.time()
+    if task.report:
+        rt.report(task.report, result)
+    return result
+
+
+def _run(task: EditTask, rt: "runtime.WorkerRuntime", result: dict) -> None:
+    wanted = task.model or {}
+    loaded = rt.model_config
+    if wanted and (wanted.get("type") != loaded.type or wanted.get("path", loaded.path) != loaded.path):
+        raise RuntimeError(f"this worker serves {loaded.type} ({loaded.path}), the task asks for "
+                           f"{wanted.get('type')} ({wanted.get('path')})")
+    model = rt.model
+    images = [load_rgb(p) for p in task.images] if model.reads_images else []
+    params = {**loaded.params, **task.params}
+    request = EditRequest(task.id, images, task.instruction, task.seed, params)
+    result["started_at"] = time.time()
+    try:
+        out = model.edit(request)
+    finally:
+        result["finished_at"] = time.time()
+    relative = f"images/{output_name(task.id)}"
+    save_png(out.image, Path(task.output_dir) / relative)
+    info = dict(out.info)
+    result.update(status="ok", output=relative, work_s=info.pop("work_s", None), info=info)

@@ -1,0 +1,1 @@
+"""Per-device workers: device binding, staggered model loading, readiness records."""

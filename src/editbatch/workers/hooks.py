@@ -1,0 +1,43 @@
+"""Celery worker signals: load before consuming, announce when consuming, withdraw on shutdown.
+
+Connected only in processes that bind a device (EDITBATCH_DEVICE set), so
+producers and Flower importing the app never load a model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from celery.signals import worker_init, worker_ready, worker_shutdown
+
+from . import runtime
+
+log = logging.getLogger("editbatch.worker")
+
+
+@worker_init.connect
+def _load_model(sender=None, **_) -> None:
+    config = os.environ.get("EDITBATCH_CONFIG")
+    if not config:
+        sys.stderr.write("editbatch worker: EDITBATCH_CONFIG is not set (the run config naming the model)\n")
+        os._exit(2)
+    try:
+        runtime.start(os.environ["EDITBATCH_BROKER"] if "EDITBATCH_BROKER" in os.environ else sender.app.conf.broker_url,
+                      os.environ["EDITBATCH_DEVICE"], config)
+    except Exception as exc:  # noqa: BLE001 - one line for the operator, then exit
+        sys.stderr.write(f"editbatch worker {os.environ['EDITBATCH_DEVICE']}: model failed to load: "
+                         f"{exc.__class__.__name__}: {exc}\n")
+        sys.stderr.flush()
+        os._exit(3)
+
+
+@worker_ready.connect
+def _ready(**_) -> None:
+    runtime.announce_ready()
+
+
+@worker_shutdown.connect
+def _withdraw(**_) -> None:
+    runtime.stop()

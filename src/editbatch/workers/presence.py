@@ -1,0 +1,58 @@
+"""Worker records in Redis: loading, ready or failed, kept alive by a heartbeat.
+
+One key per device queue (``<namespace>:worker:<queue>``) holding a JSON
+record with a short TTL that a background thread keeps refreshing. A worker
+that dies silently disappears within the TTL; the producer waits for every
+configured queue to show ``state: ready``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from redis import Redis
+
+TTL_S = 20
+BEAT_S = 5
+
+
+def worker_key(namespace: str, queue: str) -> str:
+    return f"{namespace}:worker:{queue}"
+
+
+class Presence:
+    def __init__(self, redis: Redis, namespace: str, queue: str):
+        self.redis = redis
+        self.key = worker_key(namespace, queue)
+        self.record: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def publish(self, **fields: Any) -> None:
+        self.record.update(fields)
+        self.redis.set(self.key, json.dumps(self.record), ex=TTL_S)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._beat, name="editbatch-presence", daemon=True)
+            self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(BEAT_S):
+            try:
+                # Rewrite rather than expire: the record survives a Redis restart.
+                self.redis.set(self.key, json.dumps(self.record), ex=TTL_S)
+            except Exception:  # noqa: BLE001 - a missed beat is retried on the next one
+                pass
+
+    def withdraw(self) -> None:
+        self._stop.set()
+        try:
+            self.redis.delete(self.key)
+        except Exception:  # noqa: BLE001 - the TTL removes it anyway
+            pass
+
+
+def read_workers(redis: Redis, namespace: str, queues: list[str]) -> dict[str, dict[str, Any] | None]:
+    values = redis.mget([worker_key(namespace, q) for q in queues]) if queues else []
+    return {q: (json.loads(v) if v else None) for q, v in zip(queues, values)}

@@ -1,0 +1,107 @@
+"""The worker's loaded state: its device, its model, and how it reports results.
+
+Built once per worker process at start-up (`start`), used by every task.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from redis import Redis
+
+from ..config import ClusterConfig, ModelConfig, load_config
+from ..devices import Device, parse_device
+from ..models.base import EditModel
+from ..models.registry import get_model_class
+from .loading import LoadSlots
+from .presence import Presence
+
+log = logging.getLogger("editbatch.worker")
+
+
+@dataclass
+class WorkerRuntime:
+    device: Device
+    model_config: ModelConfig
+    cluster: ClusterConfig
+    model: EditModel
+    redis: Redis
+    presence: Presence
+    host: str
+    pid: int
+    name: str
+    load_started_at: float = 0.0
+    load_finished_at: float = 0.0
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return {"device": self.device.queue, "worker": self.name, "host": self.host, "pid": self.pid}
+
+    def report(self, key: str, result: dict[str, Any]) -> None:
+        import json
+
+        # Only keys of our namespace: a payload must not make us write elsewhere.
+        if not key.startswith(f"{self.cluster.namespace}:run:"):
+            raise ValueError(f"report key {key!r} is outside namespace {self.cluster.namespace!r}")
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.rpush(key, json.dumps(result))
+            pipe.expire(key, 24 * 3600)  # nobody reading (producer gone): Redis forgets it
+            pipe.execute()
+
+
+_current: WorkerRuntime | None = None
+
+
+def current() -> WorkerRuntime:
+    if _current is None:
+        raise RuntimeError("this process has no loaded model: start it with `editbatch worker` or EDITBATCH_DEVICE set")
+    return _current
+
+
+def start(broker_url: str, device_spec: str, config_path: str | Path, overrides: list[str] | None = None) -> WorkerRuntime:
+    """Bind the device, wait for a load slot, load the model once and announce readiness."""
+    global _current
+    config = load_config(config_path, overrides or [], check_dataset=False)
+    device = parse_device(device_spec)
+    redis = Redis.from_url(broker_url, socket_keepalive=True, health_check_interval=30)
+    host = socket.gethostname()
+    name = f"{device.queue}@{host}"
+    presence = Presence(redis, config.cluster.namespace, device.queue)
+    model_desc = {"type": config.model.type, "path": config.model.path}
+    presence.publish(state="loading", device=device.queue, queue=device.queue, host=host, pid=os.getpid(),
+                     worker=name, model=model_desc, load_started_at=None, load_finished_at=None)
+    model = get_model_class(config.model.type)(config.model, device)
+    slots_by_queue = [d.queue for d in config.devices]
+    model.slot = slots_by_queue.index(device.queue) if device.queue in slots_by_queue else 0
+    slots = LoadSlots(redis, config.cluster.namespace, config.cluster.load_concurrency)
+    try:
+        with slots.hold(name):
+            started = time.time()
+            presence.publish(load_started_at=started)
+            log.info("%s: loading %s (%s)", name, config.model.type, config.model.path)
+            model.load()
+            finished = time.time()
+    except Exception as exc:
+        presence.publish(state="failed", error=f"{exc.__class__.__name__}: {exc}")
+        raise
+    log.info("%s: model loaded in %.2fs", name, finished - started)
+    _current = WorkerRuntime(device, config.model, config.cluster, model, redis, presence, host, os.getpid(), name,
+                             started, finished)
+    presence.publish(load_finished_at=finished)
+    return _current
+
+
+def announce_ready() -> None:
+    runtime = current()
+    runtime.presence.publish(state="ready", ready_at=time.time())
+
+
+def stop() -> None:
+    if _current is not None:
+        _current.presence.withdraw()
