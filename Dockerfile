@@ -12,6 +12,10 @@
 
 FROM python:3.11-slim
 
+# Optional: an extra package index for a torch build that matches an older host
+# driver (pip reads PIP_EXTRA_INDEX_URL); by default torch comes from PyPI.
+ARG PIP_EXTRA_INDEX_URL=
+
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \

@@ -139,9 +139,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(source, None, "top level must be a mapping of keys to values")
-    data = translate_seed_config(data)
     for item in overrides:
         apply_override(data, item)
+    data = translate_seed_config(data)
     config = validate_config(data, source)
     if check_dataset and not config.dataset.path.is_file():
         raise ConfigError(source, "dataset.path", f"dataset file not found: {config.dataset.path}")

@@ -6,6 +6,7 @@ Everything started here is stopped by `stop()`, which the producer calls in a
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -37,6 +38,10 @@ class LocalCluster:
                  "--device", device.spec],
                 env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, preexec_fn=child_preexec)
             log.close()
+        # Which processes belong to this run, for operators (and for checking none outlives it).
+        (self.log_dir / "cluster.json").write_text(json.dumps({
+            "redis_pid": self.redis.process.pid, "redis_port": self.redis.port,
+            "workers": {q: p.pid for q, p in self.workers.items()}}, indent=2) + "\n")
         return url
 
     def check_alive(self) -> None:

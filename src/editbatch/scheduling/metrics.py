@@ -50,7 +50,7 @@ def device_rates(timings: list[Timing], devices: list[str]) -> dict[str, float]:
     for t in timings:
         work[t.device] += t.work
         busy[t.device] += t.duration
-    return {d: (work[d] / busy[d]) if busy[d] > 0 else 1.0 for d in devices}
+    return {d: (work[d] / busy[d]) if busy[d] > 0 and work[d] > 0 else 1.0 for d in devices}
 
 
 def lower_bound(timings: list[Timing], devices: list[str]) -> float:

@@ -1,0 +1,106 @@
+"""Shared fixtures: a real private Redis and real worker processes (no mocks, no eager mode)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from editbatch.cluster.local import LocalCluster
+
+REPO = Path(__file__).resolve().parents[1]
+SIM_DEVICES = ["cpu", "cpu", "cpu"]
+
+
+def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m editbatch ...` as a user would, capturing its output."""
+    return subprocess.run([sys.executable, "-m", "editbatch", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})})
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_run(output_dir: Path) -> tuple[list[dict], dict]:
+    return read_jsonl(output_dir / "manifest.jsonl"), json.loads((output_dir / "summary.json").read_text())
+
+
+def write_dataset(folder: Path, rows: list[dict], name: str = "dataset.jsonl") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def write_config(path: Path, **sections) -> Path:
+    path.write_text(yaml.safe_dump(sections, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_image(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("images") / "red.png"
+    Image.new("RGB", (32, 24), (200, 20, 20)).save(path)
+    return path
+
+
+def simple_rows(n: int, image: Path) -> list[dict]:
+    return [{"id": f"item-{i:03d}", "image": str(image), "instruction": f"edit number {i}"} for i in range(n)]
+
+
+@pytest.fixture(scope="session")
+def sim_cluster(tmp_path_factory, sample_image):
+    """Three simulated-model workers on a private Redis, shared by the tests that submit to a broker URL."""
+    root = tmp_path_factory.mktemp("sim-cluster")
+    dataset = write_dataset(root, simple_rows(1, sample_image))
+    config = write_config(root / "workers.yaml", name="workers", dataset={"path": str(dataset)},
+                          output_dir=str(root / "unused"), model={"type": "simulated", "path": "sim"},
+                          cluster={"broker": "auto", "devices": SIM_DEVICES})
+    from editbatch.devices import expand_devices
+
+    cluster = LocalCluster(config, expand_devices(SIM_DEVICES), root / "logs")
+    url = cluster.start()
+    try:
+        yield {"url": url, "cluster": cluster}
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def sim_run(tmp_path, sim_cluster, sample_image):
+    """Run `editbatch run` against the shared simulated workers; returns (process, manifest, summary)."""
+
+    def go(n: int = 12, *, mode: str = "sync", params: dict | None = None, rows: list[dict] | None = None,
+           schedule: dict | None = None, extra_args: tuple[str, ...] = ()):
+        dataset = write_dataset(tmp_path / "data", rows if rows is not None else simple_rows(n, sample_image))
+        out = tmp_path / f"out-{mode}"
+        config = write_config(tmp_path / f"{mode}.yaml", name=f"test-{mode}", dataset={"path": str(dataset)},
+                              output_dir=str(out),
+                              model={"type": "simulated", "path": "sim", "params": params or {"seconds": 0.05}},
+                              cluster={"broker": sim_cluster["url"], "devices": SIM_DEVICES, "ready_timeout_s": 60},
+                              schedule={"mode": mode, "task_timeout_s": 30, **(schedule or {})})
+        proc = run_cli("run", str(config), *extra_args)
+        manifest, summary = read_run(out) if (out / "summary.json").exists() else ([], {})
+        return proc, manifest, summary
+
+    return go
+
+
+def wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
+    """Pids still alive after `timeout` seconds."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        time.sleep(0.1)
+    return alive

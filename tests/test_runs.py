@@ -1,0 +1,183 @@
+"""End-to-end runs of `editbatch run` against real simulated-model worker processes and a real Redis.
+
+Every assertion reads what a user would read: exit codes, output files,
+and the times the workers recorded in the manifest.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from PIL import Image
+
+from editbatch.scheduling import Timing
+from editbatch.scheduling import metrics
+
+from .conftest import simple_rows
+
+G = 3  # simulated workers in the shared cluster
+
+
+def timings(manifest):
+    return [Timing(r["index"], r["device"], r["started_at"], r["finished_at"], r["batch"]) for r in manifest
+            if r["started_at"] is not None]
+
+
+def test_sync_mode_keeps_the_barrier_and_returns_input_order(sim_run, tmp_path):
+    proc, manifest, summary = sim_run(14, mode="sync", params={"seconds": 0.05, "jitter": 0.5})
+    assert proc.returncode == 0, proc.stderr
+    assert [r["index"] for r in manifest] == list(range(14))
+    assert [r["id"] for r in manifest] == [f"item-{i:03d}" for i in range(14)]
+    for r in manifest:
+        assert r["status"] == "ok" and r["batch"] == r["index"] // G and r["device"] == f"cpu{r['index'] % G}"
+        assert (tmp_path / "out-sync" / r["output"]).is_file()
+    # The barrier: no task of batch k+1 starts before every task of batch k finished.
+    for k in range(1, 5):
+        previous_end = max(r["finished_at"] for r in manifest if r["batch"] == k - 1)
+        assert min(r["started_at"] for r in manifest if r["batch"] == k) >= previous_end
+    out = proc.stdout
+    assert "Batch synchronization: ENABLED" in out and "Total batches: 5" in out
+    assert "cpu0: 5 images -> [0, 3, 6, 9, 12]" in out
+    for k in range(1, 6):
+        assert f"Batch {k}/5 done in " in out
+    assert "GPUs synced (slowest: cpu" in out
+    assert summary["ok"] == 14 and summary["mode"] == "sync" and summary["barrier_idle_s"] > 0
+    assert 0 < summary["efficiency"] <= 1 and summary["lower_bound_s"] <= summary["makespan_s"]
+    assert summary["max_skew_observed"] < 1  # sync: the span always stays inside one batch
+
+
+def test_nosync_sends_item_i_to_device_i_mod_g(sim_run):
+    proc, manifest, summary = sim_run(10, mode="nosync")
+    assert proc.returncode == 0, proc.stderr
+    assert "Batch synchronization: DISABLED" in proc.stdout and "No-sync mode: All 10 tasks" in proc.stdout
+    assert [r["device"] for r in manifest] == [f"cpu{i % G}" for i in range(10)]
+    assert all(r["batch"] is None for r in manifest)
+    # Each device ran its items in input order.
+    for d in range(G):
+        mine = [r for r in manifest if r["device"] == f"cpu{d}"]
+        assert [r["index"] for r in sorted(mine, key=lambda r: r["started_at"])] == [r["index"] for r in mine]
+
+
+def idle_while_waiting(manifest, tolerance):
+    """(device, idle seconds) for every device gap while some item had not started yet."""
+    found = []
+    run_end = max(r["finished_at"] for r in manifest)
+    for d in {r["device"] for r in manifest}:
+        mine = sorted((r for r in manifest if r["device"] == d), key=lambda r: r["started_at"])
+        ends = [(r["finished_at"], nxt["started_at"] if nxt else run_end) for r, nxt in zip(mine, mine[1:] + [None])]
+        for free_at, busy_again in ends:
+            waiting = [r for r in manifest if r["submitted_at"] <= free_at and r["started_at"] > free_at + tolerance]
+            if waiting and busy_again - free_at > tolerance:
+                found.append((d, busy_again - free_at))
+    return found
+
+
+def test_balanced_never_leaves_a_device_idle_while_items_wait(sim_run):
+    # cpu1 is three times slower: round-robin leaves the others idle at the end, a shared queue does not.
+    params = {"seconds": 0.06, "jitter": 0.2, "device_speed": [1.0, 3.0, 1.0]}
+    proc, manifest, summary = sim_run(24, mode="balanced", params=params)
+    assert proc.returncode == 0, proc.stderr
+    assert "[BALANCED]" in proc.stderr
+    assert idle_while_waiting(manifest, tolerance=0.15) == []
+    counts = {d: sum(r["device"] == d for r in manifest) for d in ("cpu0", "cpu1", "cpu2")}
+    assert counts["cpu1"] < counts["cpu0"] and counts["cpu1"] < counts["cpu2"]
+
+    proc, manifest, _ = sim_run(24, mode="nosync", params=params)
+    assert idle_while_waiting(manifest, tolerance=0.15), "the check must see round-robin's idle devices"
+
+
+def test_window_mode_bounds_the_skew(sim_run):
+    params = {"seconds": 0.04, "jitter": 0.3, "device_speed": [1.0, 2.5, 1.0]}
+    proc, manifest, summary = sim_run(30, mode="window", params=params, schedule={"max_skew": 1})
+    assert proc.returncode == 0, proc.stderr
+    observed = metrics.max_skew(timings(manifest), G)
+    assert observed < 2 and summary["max_skew_observed"] == pytest.approx(observed, abs=1e-3)
+    assert "Batch 10/10 done in" in proc.stdout and "[WINDOW]" in proc.stderr
+    # Batch lines come out in order: a resume cursor.
+    numbers = [int(m.group(1)) for m in re.finditer(r"^Batch (\d+)/10 done", proc.stdout, re.M)]
+    assert numbers == list(range(1, 11))
+
+
+@pytest.mark.parametrize("mode", ["sync", "nosync", "balanced", "window"])
+def test_every_item_appears_exactly_once(sim_run, tmp_path, mode):
+    proc, manifest, summary = sim_run(17, mode=mode, params={"seconds": 0.0})
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(r["id"] for r in manifest) == [f"item-{i:03d}" for i in range(17)]
+    assert summary["ok"] == 17 and summary["items"] == 17
+    assert len(list((tmp_path / f"out-{mode}" / "images").glob("*.png"))) == 17
+
+
+def test_item_outputs_do_not_depend_on_mode_or_device(sim_run, tmp_path):
+    _, sync_manifest, _ = sim_run(7, mode="sync")
+    sync_images = {r["id"]: Image.open(tmp_path / "out-sync" / r["output"]).tobytes() for r in sync_manifest}
+    _, nosync_manifest, _ = sim_run(7, mode="nosync", rows=list(reversed(simple_rows(7, _image(sync_manifest)))))
+    for r in nosync_manifest:
+        assert r["seed"] == next(s["seed"] for s in sync_manifest if s["id"] == r["id"])
+        assert Image.open(tmp_path / "out-nosync" / r["output"]).tobytes() == sync_images[r["id"]]
+    moved = [r["id"] for r in nosync_manifest
+             if r["device"] != next(s["device"] for s in sync_manifest if s["id"] == r["id"])]
+    assert moved, "reversing the order must move some items to other devices"
+
+
+def _image(manifest):
+    from pathlib import Path
+
+    return Path(manifest[0]["inputs"][0])
+
+
+def test_bad_items_are_recorded_and_the_rest_still_run(sim_run, tmp_path, sample_image):
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "garbage.png").write_bytes(b"this is not an image at all")
+    Image.new("RGBA", (8, 8), (1, 2, 3, 100)).save(folder / "rgba.png")
+    Image.new("P", (8, 8)).save(folder / "palette.png")
+    Image.new("L", (8, 8)).save(folder / "gray.png")
+    rows = [
+        {"id": "good-1", "image": str(sample_image), "instruction": "a"},
+        {"id": "missing", "image": "nowhere.png", "instruction": "a"},
+        {"id": "empty", "image": str(folder / "empty.png"), "instruction": "a"},
+        {"id": "garbage", "image": str(folder / "garbage.png"), "instruction": "a"},
+        {"id": "rgba", "image": str(folder / "rgba.png"), "instruction": "a"},
+        {"id": "palette", "image": str(folder / "palette.png"), "instruction": "a"},
+        {"id": "gray", "image": str(folder / "gray.png"), "instruction": "a"},
+        {"id": "no-words", "image": str(sample_image), "instruction": "  "},
+        {"id": "good-1", "image": str(sample_image), "instruction": "duplicate id"},
+        {"id": "explodes", "image": str(sample_image), "instruction": "a"},
+        {"id": "good-2", "image": str(sample_image), "instruction": "a"},
+    ]
+    proc, manifest, summary = sim_run(rows=rows, mode="sync", params={"seconds": 0.02, "fail_ids": ["explodes"]})
+    assert proc.returncode == 1, proc.stderr
+    status = {(r["index"], r["id"]): (r["status"], r["error"]) for r in manifest}
+    assert len(manifest) == len(rows)
+    expect = {
+        (1, "missing"): "image file not found", (2, "empty"): "image file is empty",
+        (3, "garbage"): "image cannot be decoded", (7, "no-words"): "empty instruction",
+        (8, "good-1"): "duplicate id",
+    }
+    for key, words in expect.items():
+        assert status[key][0] == "invalid" and words in status[key][1]
+    assert status[(9, "explodes")][0] == "failed" and "simulated failure" in status[(9, "explodes")][1]
+    for key in [(0, "good-1"), (4, "rgba"), (5, "palette"), (6, "gray"), (10, "good-2")]:
+        assert status[key] == ("ok", None)
+    assert summary["invalid"] == 5 and summary["failed"] == 1 and summary["ok"] == 5
+    assert "explodes: RuntimeError: simulated failure" in proc.stdout  # listed at the end
+
+
+def test_strict_refuses_invalid_items_before_running(sim_run):
+    rows = [{"id": "a", "image": "nowhere.png", "instruction": "x"}]
+    proc, manifest, _ = sim_run(rows=rows, extra_args=("--strict",))
+    assert proc.returncode == 2 and manifest == []
+    assert "1 invalid item(s) with --strict: a: image file not found" in proc.stderr
+
+
+def test_a_lost_or_stuck_task_times_out_and_the_run_completes(sim_run, sample_image):
+    rows = simple_rows(4, sample_image)
+    rows[1]["params"] = {"seconds": 4.0}  # far beyond the timeout below
+    proc, manifest, summary = sim_run(rows=rows, mode="nosync", params={"seconds": 0.01},
+                                      schedule={"task_timeout_s": 1.0})
+    assert proc.returncode == 1
+    by_id = {r["id"]: r for r in manifest}
+    assert by_id["item-001"]["status"] == "failed" and "no result within task_timeout_s=1s" in by_id["item-001"]["error"]
+    assert [by_id[f"item-00{i}"]["status"] for i in (0, 2, 3)] == ["ok"] * 3
