@@ -1,0 +1,147 @@
+"""The one-command local cluster and the plain Celery worker entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from .conftest import REPO, read_run, run_cli, simple_rows, wait_gone, write_config, write_dataset
+
+
+def local_config(tmp_path, image, n=6, devices=("cpu", "cpu", "cpu"), **model_params):
+    dataset = write_dataset(tmp_path / "data", simple_rows(n, image))
+    return write_config(tmp_path / "local.yaml", name="local", dataset={"path": str(dataset)},
+                        output_dir=str(tmp_path / "out"),
+                        model={"type": "simulated", "params": {"seconds": 0.02, **model_params}},
+                        cluster={"broker": "auto", "devices": list(devices), "load_concurrency": 1},
+                        schedule={"mode": "sync"})
+
+
+def cluster_pids(out) -> list[int]:
+    info = json.loads((out / "logs" / "cluster.json").read_text())
+    return [info["redis_pid"], *info["workers"].values()]
+
+
+def test_staggered_loading_unified_start_and_clean_exit(tmp_path, sample_image):
+    config = local_config(tmp_path, sample_image, load_seconds=0.4)
+    proc = run_cli("run", str(config))
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out"
+    workers = json.loads((out / "workers.json").read_text())
+    assert sorted(w["queue"] for w in workers) == ["cpu0", "cpu1", "cpu2"]
+    loads = sorted((w["load_started_at"], w["load_finished_at"]) for w in workers)
+    for (_, end), (start, _) in zip(loads, loads[1:]):
+        assert start >= end, f"loads overlap with load_concurrency 1: {loads}"
+    manifest, summary = read_run(out)
+    assert min(r["started_at"] for r in manifest) >= max(end for _, end in loads)  # unified start
+    assert wait_gone(cluster_pids(out)) == []
+
+
+def test_load_concurrency_two_lets_two_workers_load_together(tmp_path, sample_image):
+    config = local_config(tmp_path, sample_image, n=3, load_seconds=1.0)
+    proc = run_cli("run", str(config), "--set", "cluster.load_concurrency=3")
+    assert proc.returncode == 0, proc.stderr
+    workers = json.loads((tmp_path / "out" / "workers.json").read_text())
+    loads = sorted((w["load_started_at"], w["load_finished_at"]) for w in workers)
+    assert any(start < end for (_, end), (start, _) in zip(loads, loads[1:])), "3 slots: loads may overlap"
+
+
+def test_ctrl_c_stops_every_process_and_keeps_what_finished(tmp_path, sample_image):
+    config = local_config(tmp_path, sample_image, n=60, devices=("cpu", "cpu"))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "editbatch", "run", str(config), "--set",
+                             "model.params.seconds=0.3"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 60
+    manifest = out / "manifest.jsonl"
+    while time.monotonic() < deadline and not (manifest.exists() and manifest.read_text().count("\n") >= 2):
+        time.sleep(0.1)
+    pids = cluster_pids(out)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert wait_gone(pids) == []
+    records, summary = read_run(out)
+    assert len(records) == 60 and summary["ok"] >= 2
+    assert {r["status"] for r in records} == {"ok", "failed"}
+    assert any("interrupted" in (r["error"] or "") for r in records)
+
+
+def test_a_killed_producer_takes_its_cluster_with_it(tmp_path, sample_image):
+    config = local_config(tmp_path, sample_image, n=40, devices=("cpu",), seconds=0.3)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "editbatch", "run", str(config)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out / "workers.json").exists():
+        time.sleep(0.1)
+    pids = cluster_pids(out)
+    proc.kill()
+    proc.wait()
+    assert wait_gone(pids, timeout=20) == []
+
+
+def test_plain_celery_worker_answers_ping_during_a_long_task(tmp_path, sim_cluster, sample_image):
+    """`celery -A editbatch.celery_app worker` with EDITBATCH_DEVICE serves a run and stays visible."""
+    dataset = write_dataset(tmp_path / "data", simple_rows(2, sample_image))
+    config = write_config(tmp_path / "c.yaml", name="plain", dataset={"path": str(dataset)},
+                          output_dir=str(tmp_path / "out"),
+                          model={"type": "simulated", "path": "plain", "params": {"seconds": 3.0}},
+                          cluster={"broker": sim_cluster["url"], "devices": ["cpu7"], "ready_timeout_s": 60},
+                          schedule={"mode": "sync", "task_timeout_s": 60})
+    env = {**os.environ, "EDITBATCH_BROKER": sim_cluster["url"], "EDITBATCH_DEVICE": "cpu7",
+           "EDITBATCH_CONFIG": str(config)}
+    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "editbatch.celery_app", "worker", "-P", "threads",
+                               "-c", "1", "-n", "cpu7@%h", "--without-mingle", "--without-gossip", "-l", "WARNING"],
+                              env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        producer = subprocess.Popen([sys.executable, "-m", "editbatch", "run", str(config)], cwd=REPO,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        manifest = tmp_path / "out" / "manifest.jsonl"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (tmp_path / "out" / "workers.json").exists():
+            time.sleep(0.1)
+        time.sleep(1.0)  # inside the first 3-second task
+        ping = subprocess.run([sys.executable, "-m", "celery", "-A", "editbatch.celery_app", "inspect", "ping",
+                               "-d", f"cpu7@{socket.gethostname()}", "-t", "1.5"],
+                              env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+        busy = not manifest.exists() or manifest.read_text().count("\n") == 0
+        out, err = producer.communicate(timeout=120)
+        assert producer.returncode == 0, err
+        assert busy, "the ping must happen while the task runs"
+        assert "pong" in ping.stdout, ping.stdout + ping.stderr
+        records, _ = read_run(tmp_path / "out")
+        assert [r["device"] for r in records] == ["cpu7", "cpu7"]
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
+def test_producer_names_workers_that_never_come(tmp_path, sim_cluster, sample_image):
+    dataset = write_dataset(tmp_path / "data", simple_rows(1, sample_image))
+    config = write_config(tmp_path / "c.yaml", name="x", dataset={"path": str(dataset)},
+                          output_dir=str(tmp_path / "out"), model={"type": "simulated", "path": "sim"},
+                          cluster={"broker": sim_cluster["url"], "devices": ["cpu", "cpu", "cpu", 5],
+                                   "ready_timeout_s": 1})
+    proc = run_cli("run", str(config))
+    assert proc.returncode == 2
+    assert "workers not ready after 1s: gpu5 (absent)" in proc.stderr
+
+
+def test_producer_refuses_workers_serving_another_model(tmp_path, sim_cluster, sample_image):
+    dataset = write_dataset(tmp_path / "data", simple_rows(1, sample_image))
+    config = write_config(tmp_path / "c.yaml", name="x", dataset={"path": str(dataset)},
+                          output_dir=str(tmp_path / "out"), model={"type": "simulated", "path": "other"},
+                          cluster={"broker": sim_cluster["url"], "devices": ["cpu", "cpu", "cpu"],
+                                   "ready_timeout_s": 5})
+    proc = run_cli("run", str(config))
+    assert proc.returncode == 2 and "serve another model" in proc.stderr
