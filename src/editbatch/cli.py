@@ -132,7 +132,7 @@ def _cmd_worker(args, parser) -> int:
     from .celery_app import app  # after the environment is set: it binds the device
 
     app.worker_main([
-        "worker", "--pool", "threads", "--concurrency", "1", "--prefetch-multiplier", "1",
+        "worker", "--pool", "threads", "--concurrency", "1", "--prefetch-multiplier", str(config.cluster.prefetch),
         "--queues", f"{device.queue},{SHARED_QUEUE}", "--hostname", f"{device.queue}@%h",
         "--without-mingle", "--without-gossip", "--loglevel", args.loglevel,
     ])

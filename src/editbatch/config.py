@@ -66,6 +66,7 @@ class ClusterConfig(_Strict):
     broker: str = "auto"
     devices: list[int | str] = Field(default_factory=lambda: ["cpu", "cpu"], min_length=1)
     load_concurrency: int = Field(default=1, ge=1)
+    prefetch: int = Field(default=1, ge=1, le=8, description="tasks a worker holds: 1 running + (prefetch-1) waiting")
     ready_timeout_s: float = Field(default=1800.0, gt=0, description="how long the producer waits for every worker")
     namespace: str = Field(default="editbatch", pattern=r"^[A-Za-z0-9_.-]+$")
 
@@ -92,6 +93,9 @@ class ScheduleConfig(_Strict):
     task_timeout_s: float = Field(default=600.0, gt=0)
     max_skew: int = Field(default=1, ge=0, description="window mode: batches the newest item may run ahead")
     max_in_flight: int = Field(default=4096, ge=1, description="tasks held in Redis at once (nosync/balanced)")
+    barrier: Literal["worker", "producer"] = Field(
+        default="worker", description="sync mode: hold the batch barrier on the workers (next batch pre-queued) "
+                                      "or in the producer (next group sent after the last result)")
 
 
 class RunConfig(_Strict):

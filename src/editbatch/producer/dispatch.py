@@ -28,10 +28,12 @@ class Dispatcher:
         self.on_result = on_result
         self.poll_s = poll_s
         self.outstanding: set[int] = set()
+        self.batch_of: dict[int, int | None] = {}
         self.as_group = policy.mode == "sync"
 
     def _release(self, assignments) -> None:
         self.outstanding.update(a.ordinal for a in assignments)
+        self.batch_of.update((a.ordinal, a.batch) for a in assignments)
         self.submitter.send(assignments, as_group=self.as_group)
 
     def _finish(self, ordinal: int, result: dict[str, Any]) -> None:
@@ -51,11 +53,11 @@ class Dispatcher:
                     self._finish(ordinal, result)
                     last_progress = time.monotonic()
             if not results and time.monotonic() - last_progress >= self.task_timeout_s:
-                for ordinal in sorted(self.outstanding):
-                    self._finish(ordinal, lost_result(ordinal, self.task_timeout_s))
+                for ordinal in self.policy.due(self.outstanding):
+                    self._finish(ordinal, lost_result(ordinal, self.task_timeout_s, self.batch_of.get(ordinal)))
                 last_progress = time.monotonic()
 
 
-def lost_result(ordinal: int, timeout_s: float) -> dict[str, Any]:
-    return {"status": "failed", "lost": True, "started_at": None, "finished_at": None,
+def lost_result(ordinal: int, timeout_s: float, batch: int | None = None) -> dict[str, Any]:
+    return {"status": "failed", "lost": True, "batch": batch, "started_at": None, "finished_at": None,
             "error": f"no result within task_timeout_s={timeout_s:g}s (worker lost, stuck or gone)"}

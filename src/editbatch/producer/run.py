@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 from redis import Redis
 
+from ..barrier import BatchBarrier
 from ..celery_app import make_app
 from ..config import RunConfig, dump_config
 from ..dataset import Item, check_items, load_dataset
@@ -96,9 +97,12 @@ def _run(config: RunConfig, items: list[Item], out_dir: Path, broker: str, check
     sched = config.schedule
     g = len(devices)
 
-    def policy_factory():
+    worker_barrier = sched.mode == "sync" and sched.barrier == "worker"
+
+    def policy_factory(lookahead: int = 0):
         return make_policy(sched.mode, len(valid), devices, SHARED_QUEUE, max_skew=sched.max_skew,
-                           max_in_flight=sched.max_in_flight)
+                           max_in_flight=sched.max_in_flight, lookahead=lookahead,
+                           depth=config.cluster.prefetch + 1)
 
     batched = sched.mode in ("sync", "window")
     progress = Progress(sched.mode, len(valid), devices, stream=stream,
@@ -108,10 +112,16 @@ def _run(config: RunConfig, items: list[Item], out_dir: Path, broker: str, check
     per_device = None
     if sched.mode in ("sync", "nosync"):
         per_device = {d: [v.index for v in valid[k::g]] for k, d in enumerate(devices)}
-    progress.assignment(per_device, in_flight=(sched.max_skew + 1) * g if sched.mode == "window" else sched.max_in_flight)
+    progress.assignment(per_device, in_flight=(sched.max_skew + 1) * g if sched.mode == "window"
+                        else g * (config.cluster.prefetch + 1))
 
     run_id = uuid.uuid4().hex[:12]
     inbox = ResultInbox(redis, f"{ns}:run:{run_id}:results")
+    policy = policy_factory(lookahead=1 if worker_barrier else 0)
+
+    def barrier(batch: int) -> BatchBarrier:
+        return BatchBarrier(f"{ns}:run:{run_id}:barrier", batch, policy.batch_size(batch), policy.batch_size(batch + 1))
+
     manifest = Manifest(out_dir)
     for item in items:
         if not item.valid:
@@ -121,12 +131,17 @@ def _run(config: RunConfig, items: list[Item], out_dir: Path, broker: str, check
         item = valid[a.ordinal]
         if a.batch is not None:
             progress.track_batch(a.batch, min(g, len(valid) - a.batch * g))
-        return EditTask(id=item.id, images=[str(p.resolve()) for p in item.images], instruction=item.instruction,
+        sync_point = {}
+        if worker_barrier:
+            sync_point = {"wait_for": barrier(a.batch - 1).to_dict() if a.batch else None,
+                          "arrive_at": barrier(a.batch).to_dict(), "wait_timeout_s": 2 * sched.task_timeout_s}
+        return EditTask(**sync_point, id=item.id, images=[str(p.resolve()) for p in item.images], instruction=item.instruction,
                         output_dir=str(out_dir), seed=seeds[item.index], index=item.index, batch=a.batch,
                         params={**config.model.params, **(item.extra.get("params") or {})}, model=model_id, run=run_id, report=inbox.key,
                         submitted_at=now).to_payload()
 
     submitter = Submitter(make_app(broker), payload_for)
+    submitter.connect()  # before the clock starts: connection set-up is not per-run dispatch cost
     failures: list[tuple[str, str]] = []
 
     def on_result(ordinal: int, result: dict[str, Any]) -> None:
@@ -138,10 +153,12 @@ def _run(config: RunConfig, items: list[Item], out_dir: Path, broker: str, check
         manifest.add(record)
         if record["status"] != "ok":
             failures.append((item.id, record["error"] or "failed"))
+        if result.get("lost") and worker_barrier:
+            barrier(result["batch"]).arrive(redis)  # count the lost task in, or its batch's successors wait forever
         duration = (result["finished_at"] - result["started_at"]) if result.get("started_at") else None
         progress.item_done(result.get("batch"), result.get("device"), duration)
 
-    dispatcher = Dispatcher(policy_factory(), submitter, inbox, index_of=[i.index for i in valid],
+    dispatcher = Dispatcher(policy, submitter, inbox, index_of=[i.index for i in valid],
                             task_timeout_s=sched.task_timeout_s, on_result=on_result)
     started = time.time()
     progress.start()
@@ -160,7 +177,7 @@ def _run(config: RunConfig, items: list[Item], out_dir: Path, broker: str, check
                 if valid[ordinal].index not in manifest.records:
                     on_result(ordinal, {"status": "failed", "error": "run interrupted before this item was sent"})
         ordered = manifest.finalize()
-        inbox.discard()
+        _forget_run(redis, f"{ns}:run:{run_id}:")
         summary = summarize(ordered, mode=sched.mode, devices=devices,
                             ordinal_of={i.index: k for k, i in enumerate(valid)}, dispatch_started_at=started,
                             policy_factory=policy_factory,
@@ -179,3 +196,10 @@ def _run(config: RunConfig, items: list[Item], out_dir: Path, broker: str, check
     progress.say(f"Outputs: {out_dir}")
     code = EXIT_OK if not invalid and not failures else EXIT_ITEMS_FAILED
     return RunResult(code, out_dir, summary)
+
+
+def _forget_run(redis: Redis, prefix: str) -> None:
+    """Drop the run's inbox and barrier keys (they also expire on their own)."""
+    keys = list(redis.scan_iter(match=prefix + "*", count=1000))
+    if keys:
+        redis.delete(*keys)

@@ -19,6 +19,10 @@ class Submitter:
         self.payload_for = payload_for
         self.submitted_at: dict[int, float] = {}
 
+    def connect(self) -> None:
+        with self.app.producer_or_acquire() as producer:
+            producer.connection.ensure_connection(max_retries=3)
+
     def send(self, assignments: list[Assignment], *, as_group: bool = False) -> None:
         if not assignments:
             return

@@ -37,39 +37,63 @@ class Policy:
     def complete(self) -> bool:
         return self.finished >= self.n
 
+    def due(self, outstanding: set[int]) -> list[int]:
+        """Of the items out, those that should have finished by now if nothing progresses."""
+        return sorted(outstanding)
+
 
 def batch_count(n: int, size: int) -> int:
     return -(-n // size) if n else 0
 
 
 class SyncPolicy(Policy):
-    """One item per device per batch; batch k+1 is released when all of batch k is done."""
+    """One item per device per batch, item j of a batch on device j.
+
+    With `lookahead` 0, batch k+1 is released when all of batch k is done.
+    With lookahead L, batches up to k+L are already queued while batch k
+    runs; the barrier itself is then held by the workers (see barrier.py),
+    so a queued batch starts the moment the previous one is done.
+    """
 
     mode = "sync"
 
-    def __init__(self, n: int, queues: list[str]):
+    def __init__(self, n: int, queues: list[str], lookahead: int = 0):
         super().__init__(n)
         self.queues = queues
         self.size = len(queues)
         self.batches = batch_count(n, self.size)
-        self.batch = -1
-        self._left = 0
+        self.lookahead = lookahead
+        self.released = 0  # batches released so far
+        self._left = [min(self.size, n - k * self.size) for k in range(self.batches)]
 
-    def _release(self) -> list[Assignment]:
-        self.batch += 1
-        first = self.batch * self.size
-        ordinals = range(first, min(first + self.size, self.n))
-        self._left = len(ordinals)
-        return [Assignment(o, self.queues[o - first], self.batch) for o in ordinals]
+    def batch_size(self, batch: int) -> int:
+        return max(0, min(self.size, self.n - batch * self.size))
+
+    def _release(self, upto: int) -> list[Assignment]:
+        out = []
+        while self.released < min(upto, self.batches):
+            k = self.released
+            first = k * self.size
+            out += [Assignment(o, self.queues[o - first], k) for o in range(first, min(first + self.size, self.n))]
+            self.released += 1
+        return out
 
     def start(self) -> list[Assignment]:
-        return self._release() if self.n else []
+        return self._release(1 + self.lookahead)
+
+    def due(self, outstanding: set[int]) -> list[int]:
+        # Later batches wait behind the oldest one: only its items can be lost.
+        if not outstanding:
+            return []
+        oldest = min(outstanding) // self.size
+        return sorted(o for o in outstanding if o // self.size == oldest)
 
     def done(self, ordinal: int) -> list[Assignment]:
         self.finished += 1
-        self._left -= 1
-        if self._left == 0 and self.batch + 1 < self.batches:
-            return self._release()
+        k = ordinal // self.size
+        self._left[k] -= 1
+        if self._left[k] == 0:
+            return self._release(k + 2 + self.lookahead)
         return []
 
 
@@ -163,15 +187,18 @@ class WindowPolicy(Policy):
 
 
 def make_policy(mode: str, n: int, queues: list[str], shared_queue: str, *, max_skew: int = 1,
-                max_in_flight: int = 4096) -> Policy:
+                max_in_flight: int = 4096, lookahead: int = 0, depth: int = 2) -> Policy:
+    """Build the policy of `mode`. `depth` is how many tasks to keep queued per device in
+    nosync and balanced mode: enough that no device waits for the producer (a worker's
+    prefetch plus one), and no more, so the producer never floods Redis or the CPU."""
     g = len(queues)
+    depth = max(1, min(depth, -(-max_in_flight // g)))
     if mode == "sync":
-        return SyncPolicy(n, queues)
+        return SyncPolicy(n, queues, lookahead)
     if mode == "nosync":
-        return NoSyncPolicy(n, queues, per_queue=-(-max_in_flight // g))
+        return NoSyncPolicy(n, queues, per_queue=depth)
     if mode == "balanced":
-        # At least two per device so a device never waits for the producer to refill.
-        return BalancedPolicy(n, shared_queue, in_flight=max(max_in_flight, 2 * g))
+        return BalancedPolicy(n, shared_queue, in_flight=depth * g)
     if mode == "window":
         return WindowPolicy(n, shared_queue, g, max_skew)
     raise ValueError(f"unknown mode {mode!r}")

@@ -10,7 +10,8 @@ Payload (version 1)::
      "output_dir": "/runs/x", "seed": 1234,          # required
      "index": 0, "batch": null, "params": {},        # optional
      "model": {"type": "qwen_image_edit", "path": "..."},   # optional: refuse other models
-     "run": null, "report": null, "submitted_at": null}     # used by `editbatch run`
+     "run": null, "report": null, "submitted_at": null,     # used by `editbatch run`
+     "wait_for": null, "arrive_at": null, "wait_timeout_s": null}   # sync-mode batch barrier
 
 Result::
 
@@ -50,6 +51,9 @@ class EditTask:
     run: str | None = None
     report: str | None = None
     submitted_at: float | None = None
+    wait_for: dict[str, Any] | None = None  # barrier of the previous batch: start only once it is done
+    arrive_at: dict[str, Any] | None = None  # barrier of this item's batch: count in when finished
+    wait_timeout_s: float | None = None
 
     def to_payload(self) -> dict[str, Any]:
         return {"v": VERSION, **asdict(self)}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from celery import shared_task
 
+from ..barrier import BatchBarrier
 from ..dataset import output_name
 from ..imageio import load_rgb, save_png
 from ..models.base import EditRequest
@@ -24,15 +25,33 @@ def edit(payload: dict) -> dict:
               "status": "failed", "output": None, "error": None, "info": {}, "work_s": None,
               "started_at": None, "finished_at": None}
     try:
+        _wait_for_previous_batch(task, rt)
         _run(task, rt, result)
     except Exception as exc:  # noqa: BLE001 - one bad item must not stop the worker
         result["error"] = f"{exc.__class__.__name__}: {exc}"
         result["traceback"] = traceback.format_exc(limit=6)
         if result["started_at"] is None:
             result["started_at"] = result["finished_at"] = time.time()
+    finally:
+        if task.arrive_at:
+            _barrier(task.arrive_at, rt).arrive(rt.redis)
     if task.report:
         rt.report(task.report, result)
     return result
+
+
+def _barrier(data: dict, rt: "runtime.WorkerRuntime") -> BatchBarrier:
+    barrier = BatchBarrier.from_dict(data)
+    rt.check_key(barrier.prefix)
+    return barrier
+
+
+def _wait_for_previous_batch(task: EditTask, rt: "runtime.WorkerRuntime") -> None:
+    if not task.wait_for:
+        return
+    timeout = task.wait_timeout_s or 3600.0
+    if not _barrier(task.wait_for, rt).wait(rt.redis, timeout):
+        raise TimeoutError(f"batch {task.wait_for['batch']} did not finish within {timeout:g}s; not started")
 
 
 def _run(task: EditTask, rt: "runtime.WorkerRuntime", result: dict) -> None:

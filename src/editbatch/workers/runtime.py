@@ -43,12 +43,15 @@ class WorkerRuntime:
     def identity(self) -> dict[str, Any]:
         return {"device": self.device.queue, "worker": self.name, "host": self.host, "pid": self.pid}
 
+    def check_key(self, key: str) -> None:
+        """Only run keys of our namespace: a payload must not make us write elsewhere."""
+        if not key.startswith(f"{self.cluster.namespace}:run:"):
+            raise ValueError(f"key {key!r} is outside namespace {self.cluster.namespace!r}")
+
     def report(self, key: str, result: dict[str, Any]) -> None:
         import json
 
-        # Only keys of our namespace: a payload must not make us write elsewhere.
-        if not key.startswith(f"{self.cluster.namespace}:run:"):
-            raise ValueError(f"report key {key!r} is outside namespace {self.cluster.namespace!r}")
+        self.check_key(key)
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.rpush(key, json.dumps(result))
             pipe.expire(key, 24 * 3600)  # nobody reading (producer gone): Redis forgets it
