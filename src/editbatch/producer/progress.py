@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from typing import Any, TextIO
 
 from tqdm import tqdm
@@ -27,7 +26,7 @@ class Progress:
         self.batches = batches
         self.batch_size = batch_size
         self.bar: tqdm | None = None
-        # batch -> [left, first submit, slowest device, slowest seconds]
+        # batch -> [left, first start, slowest device, slowest seconds, last finish]
         self._open: dict[int, list[Any]] = {}
         self._next_batch_line = 0
         self._closed: dict[int, str] = {}
@@ -71,21 +70,26 @@ class Progress:
 
     def track_batch(self, batch: int | None, size: int) -> None:
         if batch is not None and batch not in self._open:
-            self._open[batch] = [size, time.time(), None, 0.0]
+            self._open[batch] = [size, None, None, 0.0, None]
 
-    def item_done(self, batch: int | None, device: str | None, seconds: float | None) -> None:
+    def item_done(self, batch: int | None, device: str | None, started: float | None, finished: float | None) -> None:
         if self.bar is not None:
             self.bar.update(1)
         if batch is None or batch not in self._open:
             return
         entry = self._open[batch]
         entry[0] -= 1
-        if seconds is not None and seconds >= entry[3]:
-            entry[2], entry[3] = device, seconds
+        if started is not None and finished is not None:
+            entry[1] = started if entry[1] is None else min(entry[1], started)
+            entry[4] = finished if entry[4] is None else max(entry[4], finished)
+            if finished - started >= entry[3]:
+                entry[2], entry[3] = device, finished - started
         if entry[0] == 0:
             del self._open[batch]
             slowest = f"slowest: {entry[2]} {entry[3]:.2f}s" if entry[2] else "no task finished"
-            self._closed[batch] = (f"Batch {batch + 1}/{self.batches} done in {time.time() - entry[1]:.2f}s, "
+            took = entry[4] - entry[1] if entry[1] is not None else 0.0
+            # First start to last finish, from the workers' clocks.
+            self._closed[batch] = (f"Batch {batch + 1}/{self.batches} done in {took:.2f}s, "
                                    f"{'GPUs synced' if self.mode == 'sync' else 'all items done'} ({slowest})")
             # Lines come out in batch order, a resume cursor the reader can trust.
             while self._next_batch_line in self._closed:

@@ -155,8 +155,8 @@ def _run(config: RunConfig, items: list[Item], out_dir: Path, broker: str, check
             failures.append((item.id, record["error"] or "failed"))
         if result.get("lost") and worker_barrier:
             barrier(result["batch"]).arrive(redis)  # count the lost task in, or its batch's successors wait forever
-        duration = (result["finished_at"] - result["started_at"]) if result.get("started_at") else None
-        progress.item_done(result.get("batch"), result.get("device"), duration)
+        progress.item_done(result.get("batch"), result.get("device"), result.get("started_at"),
+                           result.get("finished_at"))
 
     dispatcher = Dispatcher(policy, submitter, inbox, index_of=[i.index for i in valid],
                             task_timeout_s=sched.task_timeout_s, on_result=on_result)
