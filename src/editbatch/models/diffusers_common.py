@@ -67,7 +67,8 @@ def resolve_path(path: str, tiny_family: str | None) -> str:
     family = None
     if path == "tiny":
         if tiny_family is None:
-            raise ModelLoadError(f"path 'tiny' needs a family here: use one of {', '.join(f'tiny:{f}' for f in FAMILIES)}")
+            choices = ", ".join(f"tiny:{f}" for f in FAMILIES)
+            raise ModelLoadError(f"path 'tiny' needs a family here: use one of {choices}")
         family = tiny_family
     elif path.startswith("tiny:"):
         family = path.removeprefix("tiny:")
@@ -81,13 +82,16 @@ def _looks_local(path: str) -> bool:
     return path.startswith(("/", "./", "../", "~")) or path.count("/") > 1 or "\\" in path or path in (".", "..")
 
 
-def check_local_pipeline(path: str, expected_class: str | None) -> None:
-    """Raise ModelLoadError unless `path` (if local) is a pipeline folder holding `expected_class`."""
+def check_local_pipeline(path: str, expected_class: str | None) -> str:
+    """Raise ModelLoadError unless `path` (if local) is a pipeline folder holding `expected_class`.
+
+    Returns what from_pretrained gets: the expanded folder, or the hub id unchanged.
+    """
     local = Path(path).expanduser()
     if not local.exists():
         if _looks_local(path):
             raise ModelLoadError(f"model path not found: {path}")
-        return  # a hub id: from_pretrained resolves it
+        return path  # a hub id: from_pretrained resolves it
     index = local / "model_index.json"
     if not index.is_file():
         raise ModelLoadError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
@@ -99,6 +103,7 @@ def check_local_pipeline(path: str, expected_class: str | None) -> None:
         fits = ADAPTER_FOR_PIPELINE.get(found)
         hint = f"model.type: {fits}" if fits else f"model.type: diffusers with pipeline_class: {found}"
         raise ModelLoadError(f"{path} holds a {found}, not a {expected_class}; for this folder use {hint}")
+    return str(local)
 
 
 def _pipeline_class(name: str | None):
@@ -118,24 +123,35 @@ def load_pipeline(config: "ModelConfig", torch_device: str, *, pipeline_class: s
     import torch
 
     path = resolve_path(config.path, tiny_family)
-    check_local_pipeline(path, pipeline_class if check_class else None)
+    path = check_local_pipeline(path, pipeline_class if check_class else None)
     _import_custom_components()
     cls = _pipeline_class(pipeline_class)
-    kwargs = {"torch_dtype": resolve_dtype(config.dtype, torch_device), **config.load_kwargs}
+    kwargs = {_dtype_keyword(): resolve_dtype(config.dtype, torch_device), **config.load_kwargs}
     try:
         pipe = cls.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load {cls.__name__} from {path}: {exc}") from exc
+    except Exception as exc:  # diffusers raises many types here; the worker needs one clear line
+        raise ModelLoadError(f"cannot load {cls.__name__} from {path}: {type(exc).__name__}: {exc}") from exc
     if config.lora is not None:
         apply_lora(pipe, config.lora)
     place(pipe, config.offload, torch_device)
-    denoiser = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
+    denoiser = getattr(pipe, "transformer", None)
+    if denoiser is None:
+        denoiser = getattr(pipe, "unet", None)
     if config.attention_backend:
         set_attention_backend(denoiser, config.attention_backend)
     if config.compile and isinstance(denoiser, torch.nn.Module):
         denoiser.compile()
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _dtype_keyword() -> str:
+    """Newer diffusers take `dtype` and deprecate `torch_dtype`; older ones only know `torch_dtype`."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        return "torch_dtype"
+    return "dtype"
 
 
 def _import_custom_components() -> None:
@@ -174,6 +190,29 @@ def set_attention_backend(module, backend: str) -> None:
         raise ModelLoadError(f"attention_backend {backend!r}: {exc}") from exc
 
 
+# Call arguments the adapter sets itself, or that make no sense in a config.
+_NOT_PARAMS = {"self", "prompt", "image", "generator", "output_type", "return_dict", "latents", "prompt_embeds"}
+
+
+def check_call_params(pipe, params: dict[str, Any], *, strict: bool) -> None:
+    """ModelLoadError for params the pipeline's __call__ does not take (named; with a did-you-mean).
+
+    Not strict: a pipeline whose __call__ takes **kwargs accepts anything.
+    """
+    import difflib
+    import inspect
+
+    signature = inspect.signature(type(pipe).__call__).parameters
+    if not strict and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values()):
+        return
+    known = (set(signature) - _NOT_PARAMS) | {"size", "height", "width"}
+    for key in params:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else f" (it takes: {', '.join(sorted(known))})"
+            raise ModelLoadError(f"model.params.{key}: {type(pipe).__name__} has no such argument{hint}")
+
+
 # ---------------------------------------------------------------- sizes
 
 
@@ -202,7 +241,8 @@ class DiffusersEditModel(EditModel):
 
     pipeline_class: ClassVar[str | None] = None  # the diffusers class name; None: whatever the folder holds
     tiny_family: ClassVar[str | None] = None  # which tiny pipeline ``path: tiny`` means
-    size_multiple: ClassVar[int] = 16  # generated sides are multiples of this (for the real models)
+    latent_patch: ClassVar[int] = 2  # latents are packed in 2x2 patches (FLUX, Qwen); 1 for UNet models
+    size_multiple: int = 16  # generated sides are multiples of this: VAE factor x latent_patch, set at load
 
     pipe: Any = None
 
@@ -210,6 +250,8 @@ class DiffusersEditModel(EditModel):
         self.pipe = load_pipeline(
             self.config, self.torch_device, pipeline_class=self.pipeline_class, tiny_family=self.tiny_family
         )
+        check_call_params(self.pipe, self.config.params, strict=True)
+        self.size_multiple = getattr(self.pipe, "vae_scale_factor", 8) * self.latent_patch
 
     def generator(self, seed: int):
         import torch
@@ -223,7 +265,8 @@ class DiffusersEditModel(EditModel):
             raise ValueError(f"{self.name} needs an input image; item {request.item_id} has none")
         if len(request.images) > self.max_images:
             raise ValueError(
-                f"{self.name} takes at most {self.max_images} input image(s); item {request.item_id} has {len(request.images)}"
+                f"{self.name} takes at most {self.max_images} input image(s); "
+                f"item {request.item_id} has {len(request.images)}"
             )
 
     def call_kwargs(self, images: list["Image.Image"], params: dict[str, Any]) -> dict[str, Any]:

@@ -28,10 +28,6 @@ class FluxKontextModel(DiffusersEditModel):
     pipeline_class = "FluxKontextPipeline"
     tiny_family = "flux_kontext"
 
-    def load(self) -> None:
-        super().load()
-        self.size_multiple = self.pipe.vae_scale_factor * 2
-
     def native_size(self, width: int, height: int) -> tuple[int, int]:
         from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RESOLUTIONS
 
@@ -49,7 +45,7 @@ class FluxKontextModel(DiffusersEditModel):
         else:
             width, height = requested
             scale = math.sqrt(width * height / (image.width * image.height))
-            cond = (round_down(image.width * scale, self.size_multiple), round_down(image.height * scale, self.size_multiple))
+            cond = tuple(round_down(side * scale, self.size_multiple) for side in image.size)
         if image.size != cond:
             image = image.resize(cond, Image.Resampling.LANCZOS)
         kwargs = {"max_area": width * height, "_auto_resize": False, **params}

@@ -22,7 +22,7 @@ class InstructPix2PixModel(DiffusersEditModel):
     name = "instruct_pix2pix"
     pipeline_class = "StableDiffusionInstructPix2PixPipeline"
     tiny_family = "instruct_pix2pix"
-    size_multiple = 8
+    latent_patch = 1
 
     def call_kwargs(self, images, params: dict[str, Any]) -> dict[str, Any]:
         image = images[0]

@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 TINY_VERSION = "v1"
 FAMILIES = ("instruct_pix2pix", "qwen_image_edit", "qwen_image_edit_plus", "flux_kontext")
 SEED = 0
+_BUILD_LOCK = threading.Lock()  # builds seed the global torch RNG: one at a time per process
 
 
 def cache_root() -> Path:
@@ -51,7 +53,7 @@ def build_tiny(family: str, out_dir: Path) -> Path:
 
     _check_family(family)
     out_dir = Path(out_dir)
-    with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG state alone
+    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):  # leave the caller's global RNG state alone
         torch.manual_seed(SEED)
         pipe = _build_pipeline(family)
     for component in pipe.components.values():
