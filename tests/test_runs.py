@@ -24,8 +24,10 @@ def timings(manifest):
             if r["started_at"] is not None]
 
 
-def test_sync_mode_keeps_the_barrier_and_returns_input_order(sim_run, tmp_path):
-    proc, manifest, summary = sim_run(14, mode="sync", params={"seconds": 0.05, "jitter": 0.5})
+@pytest.mark.parametrize("barrier", ["worker", "producer"])
+def test_sync_mode_keeps_the_barrier_and_returns_input_order(sim_run, tmp_path, barrier):
+    proc, manifest, summary = sim_run(14, mode="sync", params={"seconds": 0.05, "jitter": 0.5},
+                                      schedule={"barrier": barrier})
     assert proc.returncode == 0, proc.stderr
     assert [r["index"] for r in manifest] == list(range(14))
     assert [r["id"] for r in manifest] == [f"item-{i:03d}" for i in range(14)]
@@ -181,3 +183,18 @@ def test_a_lost_or_stuck_task_times_out_and_the_run_completes(sim_run, sample_im
     by_id = {r["id"]: r for r in manifest}
     assert by_id["item-001"]["status"] == "failed" and "no result within task_timeout_s=1s" in by_id["item-001"]["error"]
     assert [by_id[f"item-00{i}"]["status"] for i in (0, 2, 3)] == ["ok"] * 3
+
+
+def test_a_lost_task_in_sync_mode_does_not_hold_the_next_batches(sim_run, sample_image):
+    rows = simple_rows(9, sample_image)
+    rows[1]["params"] = {"seconds": 3.0}
+    proc, manifest, summary = sim_run(rows=rows, mode="sync", params={"seconds": 0.01},
+                                      schedule={"task_timeout_s": 1.0})
+    assert proc.returncode == 1
+    by_id = {r["id"]: r for r in manifest}
+    assert by_id["item-001"]["status"] == "failed" and "no result within" in by_id["item-001"]["error"]
+    # The other devices went on: batch 1 started once batch 0 was given up on, before the stuck task ended.
+    assert by_id["item-000"]["status"] == by_id["item-002"]["status"] == "ok"
+    assert by_id["item-003"]["status"] == "ok"
+    assert by_id["item-003"]["started_at"] - by_id["item-000"]["started_at"] < 2.5
+    assert sorted(by_id) == [f"item-00{i}" for i in range(9)]

@@ -158,3 +158,17 @@ def test_output_names_never_leave_the_images_folder(item_id):
 def test_output_names_stay_distinct_for_ids_that_clean_alike():
     assert output_name("a/b") != output_name("a_b") != output_name("a b")
     assert output_name("plain-id_1.2") == "plain-id_1.2.png"
+
+
+def test_sync_lookahead_queues_the_next_batch_and_only_the_oldest_batch_is_due():
+    policy = SyncPolicy(9, QUEUES, lookahead=1)
+    first = policy.start()
+    assert [(a.ordinal, a.batch) for a in first] == [(o, o // 3) for o in range(6)]
+    assert policy.due({0, 1, 3, 4, 5}) == [0, 1]  # batch 1 waits behind batch 0's barrier
+    policy.done(0), policy.done(1)
+    assert [(a.ordinal, a.batch) for a in policy.done(2)] == [(6, 2), (7, 2), (8, 2)]
+    assert policy.batch_size(2) == 3 and policy.batch_size(3) == 0
+
+
+def test_other_policies_treat_every_outstanding_item_as_due():
+    assert BalancedPolicy(5, "shared", 5).due({3, 1}) == [1, 3]

@@ -36,10 +36,10 @@ class Dispatcher:
         self.batch_of.update((a.ordinal, a.batch) for a in assignments)
         self.submitter.send(assignments, as_group=self.as_group)
 
-    def _finish(self, ordinal: int, result: dict[str, Any]) -> None:
+    def _finish(self, ordinal: int, result: dict[str, Any]) -> list:
         self.outstanding.discard(ordinal)
         self.on_result(ordinal, result)
-        self._release(self.policy.done(ordinal))
+        return self.policy.done(ordinal)
 
     def run(self) -> None:
         self._release(self.policy.start())
@@ -47,15 +47,18 @@ class Dispatcher:
         while not self.policy.complete:
             waited = time.monotonic() - last_progress
             results = self.inbox.get(timeout_s=min(self.poll_s, max(0.0, self.task_timeout_s - waited)))
+            released = []  # sent together: one publish round per drained set of results
             for result in results:
                 ordinal = self.ordinal_of.get(result.get("index"))
                 if ordinal in self.outstanding:  # late copies of timed-out items are dropped
-                    self._finish(ordinal, result)
+                    released += self._finish(ordinal, result)
                     last_progress = time.monotonic()
             if not results and time.monotonic() - last_progress >= self.task_timeout_s:
                 for ordinal in self.policy.due(self.outstanding):
-                    self._finish(ordinal, lost_result(ordinal, self.task_timeout_s, self.batch_of.get(ordinal)))
+                    released += self._finish(ordinal, lost_result(ordinal, self.task_timeout_s,
+                                                                  self.batch_of.get(ordinal)))
                 last_progress = time.monotonic()
+            self._release(released)
 
 
 def lost_result(ordinal: int, timeout_s: float, batch: int | None = None) -> dict[str, Any]:

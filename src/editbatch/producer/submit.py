@@ -34,9 +34,14 @@ class Submitter:
             # Celery neither stores it nor subscribes to a channel per task.
             sigs.append(self.app.signature(TASK_NAME, args=[self.payload_for(a, now)], queue=a.queue,
                                            ignore_result=True))
-        if as_group and len(sigs) > 1:
-            group(sigs).apply_async()
+        if not as_group:
+            with self.app.producer_or_acquire() as producer:
+                for sig in sigs:
+                    sig.apply_async(producer=producer)
             return
-        with self.app.producer_or_acquire() as producer:
-            for sig in sigs:
-                sig.apply_async(producer=producer)
+        # Sync mode: one group per batch (a release may hold several batches at the start).
+        batches: dict[int | None, list] = {}
+        for a, sig in zip(assignments, sigs):
+            batches.setdefault(a.batch, []).append(sig)
+        for members in batches.values():
+            group(members).apply_async()

@@ -7,6 +7,7 @@ import traceback
 from pathlib import Path
 
 from celery import shared_task
+from celery.utils.log import get_task_logger
 
 from ..barrier import BatchBarrier
 from ..dataset import output_name
@@ -14,6 +15,9 @@ from ..imageio import load_rgb, save_png
 from ..models.base import EditRequest
 from ..workers import runtime
 from .contract import TASK_NAME, EditTask
+
+
+log = get_task_logger("editbatch.task")
 
 
 @shared_task(name=TASK_NAME, acks_late=True)
@@ -35,6 +39,11 @@ def edit(payload: dict) -> dict:
     finally:
         if task.arrive_at:
             _barrier(task.arrive_at, rt).arrive(rt.redis)
+    if result["status"] == "ok":
+        log.info("%s: %s ok in %.2fs -> %s", rt.device.queue, task.id,
+                 result["finished_at"] - result["started_at"], result["output"])
+    else:
+        log.warning("%s: %s failed: %s", rt.device.queue, task.id, result["error"])
     if task.report:
         rt.report(task.report, result)
     return result

@@ -35,6 +35,10 @@ def _load_model(sender=None, **_) -> None:
 
 @worker_ready.connect
 def _ready(**_) -> None:
+    # Celery logs every success with its whole result at INFO: at thousands of
+    # items that is most of the log. Failures are still logged (see tasks/edit.py).
+    if logging.getLogger("celery.app.trace").getEffectiveLevel() <= logging.INFO:
+        logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
     runtime.announce_ready()
 
 

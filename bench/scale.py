@@ -1,0 +1,102 @@
+"""Scale check: many zero-second items through real workers, nothing lost, memory bounded.
+
+    python bench/scale.py                       # 100,000 items, nosync and balanced, 4 workers
+    python bench/scale.py --items 20000 --modes balanced
+
+For each mode the producer runs as its own process (`editbatch run`), so its
+peak RSS is its own; Redis memory is sampled every 0.1 s while it runs.
+Prints items/s, producer peak RSS, Redis peak memory, and whether every item
+appears exactly once in the manifest with status ok.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from PIL import Image
+from redis import Redis
+
+from editbatch.cluster.local import LocalCluster
+from editbatch.config import dump_config, validate_config
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--items", type=int, default=100_000)
+    p.add_argument("--devices", type=int, default=4)
+    p.add_argument("--modes", default="nosync,balanced")
+    p.add_argument("--prefetch", type=int, default=1)
+    args = p.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="editbatch-scale-") as tmp:
+        root = Path(tmp)
+        Image.new("RGB", (8, 8)).save(root / "in.png")
+        with (root / "dataset.jsonl").open("w") as fh:
+            for i in range(args.items):
+                fh.write(json.dumps({"id": f"i{i:07d}", "image": "in.png", "instruction": "x"}) + "\n")
+
+        def config(mode: str, broker: str):
+            return validate_config({
+                "name": f"scale-{mode}", "dataset": {"path": str(root / "dataset.jsonl")},
+                "output_dir": str(root / f"run-{mode}"),
+                "model": {"type": "simulated", "path": "scale", "params": {"seconds": 0.0, "size": 1}},
+                "cluster": {"broker": broker, "devices": ["cpu"] * args.devices, "prefetch": args.prefetch},
+                "schedule": {"mode": mode, "task_timeout_s": 120},
+            }, "scale")
+
+        first = config("nosync", "auto")
+        (root / "workers.yaml").write_text(dump_config(first))
+        with LocalCluster(root / "workers.yaml", first.devices, root / "logs") as cluster:
+            broker = cluster.start()
+            redis = Redis.from_url(broker)
+            print(f"{args.items} items of 0 s on {args.devices} workers, {os.cpu_count()} CPU cores", flush=True)
+            print("| mode     | items/s | wall s | producer peak RSS | Redis peak memory | all once, ok |")
+            print("|----------|--------:|-------:|------------------:|------------------:|:------------:|")
+            for mode in args.modes.split(","):
+                cfg_path = root / f"{mode}.yaml"
+                cfg_path.write_text(dump_config(config(mode, broker)))
+                peak = {"redis": 0}
+                stop = threading.Event()
+
+                def sample():
+                    while not stop.wait(0.1):
+                        peak["redis"] = max(peak["redis"], int(redis.info("memory")["used_memory"]))
+
+                sampler = threading.Thread(target=sample, daemon=True)
+                sampler.start()
+                start = time.monotonic()
+                proc = subprocess.Popen([sys.executable, "-m", "editbatch", "run", str(cfg_path)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        env={**os.environ, "TQDM_DISABLE": "1"})
+                _, status, usage = os.wait4(proc.pid, 0)
+                wall = time.monotonic() - start
+                stop.set()
+                sampler.join()
+                manifest = root / f"run-{mode}" / "manifest.jsonl"
+                ids, ok = set(), 0
+                lines = 0
+                with manifest.open() as fh:
+                    for line in fh:
+                        r = json.loads(line)
+                        ids.add(r["id"])
+                        ok += r["status"] == "ok"
+                        lines += 1
+                whole = lines == args.items == len(ids) == ok
+                summary = json.loads((root / f"run-{mode}" / "summary.json").read_text())
+                rate = args.items / summary["makespan_s"]
+                print(f"| {mode:<8} | {rate:7.0f} | {wall:6.1f} | {usage.ru_maxrss / 1024:14.0f} MB | "
+                      f"{peak['redis'] / 2**20:14.1f} MB | {'yes' if whole and os.waitstatus_to_exitcode(status) == 0 else 'NO'} |",
+                      flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
