@@ -34,6 +34,7 @@ def main(argv=None) -> int:
     p.add_argument("--devices", type=int, default=4)
     p.add_argument("--modes", default="nosync,balanced")
     p.add_argument("--prefetch", type=int, default=1)
+    p.add_argument("--no-events", action="store_true", help="cluster.task_events: false (no Flower task events)")
     args = p.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="editbatch-scale-") as tmp:
@@ -48,7 +49,8 @@ def main(argv=None) -> int:
                 "name": f"scale-{mode}", "dataset": {"path": str(root / "dataset.jsonl")},
                 "output_dir": str(root / f"run-{mode}"),
                 "model": {"type": "simulated", "path": "scale", "params": {"seconds": 0.0, "size": 1}},
-                "cluster": {"broker": broker, "devices": ["cpu"] * args.devices, "prefetch": args.prefetch},
+                "cluster": {"broker": broker, "devices": ["cpu"] * args.devices, "prefetch": args.prefetch,
+                            "task_events": not args.no_events},
                 "schedule": {"mode": mode, "task_timeout_s": 120},
             }, "scale")
 
@@ -57,7 +59,8 @@ def main(argv=None) -> int:
         with LocalCluster(root / "workers.yaml", first.devices, root / "logs") as cluster:
             broker = cluster.start()
             redis = Redis.from_url(broker)
-            print(f"{args.items} items of 0 s on {args.devices} workers, {os.cpu_count()} CPU cores", flush=True)
+            print(f"{args.items} items of 0 s on {args.devices} workers, prefetch {args.prefetch}, task events "
+                  f"{'off' if args.no_events else 'on'}, {os.cpu_count()} CPU cores", flush=True)
             print("| mode     | items/s | wall s | producer peak RSS | Redis peak memory | all once, ok |")
             print("|----------|--------:|-------:|------------------:|------------------:|:------------:|")
             for mode in args.modes.split(","):

@@ -134,17 +134,26 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pix2pix_runs(tmp_path_factory, tiny_env, inputs):
-    """The same six InstructPix2Pix items three ways: 1 worker sync; 3 workers nosync in reversed order;
-    3 workers sync. One worker gets both cores (2 threads), three get one thread each."""
+    """The same six InstructPix2Pix items four ways: 1 worker sync; 3 workers nosync in reversed order;
+    3 workers sync; all with one torch thread per worker. And 1 worker nosync with the default threads
+    (both cores: 2 threads, where each of 3 workers gets 1)."""
     root = tmp_path_factory.mktemp("pix2pix")
     model = {"type": "instruct_pix2pix", "path": "tiny", "params": {"num_inference_steps": STEPS}}
     rows = pix2pix_rows(inputs)
+    pinned = {**tiny_env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return {
-        "one-sync": run_config(root, "one-sync", model, rows, devices=["cpu"], mode="sync", env=tiny_env),
+        "one-sync": run_config(root, "one-sync", model, rows, devices=["cpu"], mode="sync", env=pinned),
         "three-nosync-reversed": run_config(root, "three-nosync", model, rows[::-1], devices=["cpu"] * 3,
-                                            mode="nosync", env=tiny_env),
-        "three-sync": run_config(root, "three-sync", model, rows, devices=["cpu"] * 3, mode="sync", env=tiny_env),
+                                            mode="nosync", env=pinned),
+        "three-sync": run_config(root, "three-sync", model, rows, devices=["cpu"] * 3, mode="sync", env=pinned),
+        "one-nosync-default-threads": run_config(root, "one-nosync", model, rows, devices=["cpu"], mode="nosync",
+                                                 env=tiny_env),
     }
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img).astype(np.int16)
 
 
 # ---------------------------------------------------------------- InstructPix2Pix: inputs and determinism
@@ -164,8 +173,10 @@ def test_instruct_pix2pix_runs_every_kind_of_input(pix2pix_runs):
 
 
 def test_instruct_pix2pix_outputs_do_not_depend_on_worker_mode_or_order(pix2pix_runs):
+    bit_exact = ("one-sync", "three-nosync-reversed", "three-sync")
     digests = {}
-    for run, (proc, manifest, summary, out) in pix2pix_runs.items():
+    for run in bit_exact:
+        proc, manifest, summary, out = pix2pix_runs[run]
         check_outputs(proc, manifest, summary, out, 6)
         digests[run] = {r["id"]: (r["seed"], file_digest(out / r["output"])) for r in manifest}
     reference = digests["one-sync"]
@@ -176,12 +187,25 @@ def test_instruct_pix2pix_outputs_do_not_depend_on_worker_mode_or_order(pix2pix_
     assert reference["rgb"][1] != reference["rgb-again"][1]
     assert len({d for _, d in reference.values()}) == 6
     # The runs really spread the items differently over the workers.
-    device = {run: {r["id"]: r["device"] for r in pix2pix_runs[run][1]} for run in pix2pix_runs}
+    device = {run: {r["id"]: r["device"] for r in pix2pix_runs[run][1]} for run in bit_exact}
     assert set(device["three-sync"].values()) == {"cpu0", "cpu1", "cpu2"}
     assert set(device["three-nosync-reversed"].values()) == {"cpu0", "cpu1", "cpu2"}
     moved = [i for i in device["three-sync"] if device["three-sync"][i] != device["three-nosync-reversed"][i]]
     assert len(moved) >= 4, moved
     assert "Batch synchronization: DISABLED" in pix2pix_runs["three-nosync-reversed"][0].stdout
+
+
+def test_instruct_pix2pix_other_cpu_thread_count_changes_at_most_rounding(pix2pix_runs):
+    """A CPU worker's torch thread count follows the number of CPU workers on the node (1 worker on
+    2 cores: 2 threads), and float reductions split over other thread counts round differently: the
+    outputs are then equal up to one 8-bit level in rare pixels, not bit for bit."""
+    proc, manifest, summary, out = pix2pix_runs["one-nosync-default-threads"]
+    check_outputs(proc, manifest, summary, out, 6)
+    ref_out = pix2pix_runs["one-sync"][3]
+    for r in manifest:
+        a, b = pixels(out / r["output"]), pixels(ref_out / r["output"])
+        assert a.shape == b.shape and np.abs(a - b).max() <= 1, r["id"]
+        assert (a != b).mean() < 0.01, r["id"]
 
 
 # ---------------------------------------------------------------- the other families
@@ -264,14 +288,5 @@ def test_a_model_that_cannot_load_exits_2_with_one_clear_line(tmp_path, tiny_env
     # Nothing ran, nothing is left running.
     assert not list((out / "images").glob("*.png")) and not (out / "summary.json").exists()
     started = json.loads((out / "logs" / "cluster.json").read_text())
-    pids = [p for p in _pids(started)]
-    assert pids and wait_gone(pids, timeout=5) == []
-
-
-def _pids(record) -> list[int]:
-    """Every pid in logs/cluster.json, whatever its exact shape."""
-    if isinstance(record, dict):
-        return [p for k, v in record.items() for p in ([v] if k == "pid" and isinstance(v, int) else _pids(v))]
-    if isinstance(record, list):
-        return [p for v in record for p in _pids(v)]
-    return []
+    pids = [started["redis_pid"], *started["workers"].values()]
+    assert len(pids) == 2 and wait_gone(pids, timeout=5) == []

@@ -18,7 +18,8 @@ TASK_MODULES = ["editbatch.tasks.edit"]
 DEFAULT_VISIBILITY_TIMEOUT_S = 6 * 3600
 
 
-def make_app(broker_url: str, *, visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S) -> Celery:
+def make_app(broker_url: str, *, visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S,
+             task_events: bool = True) -> Celery:
     app = Celery("editbatch", broker=broker_url, backend=broker_url, include=TASK_MODULES)
     transport = {
         # Redis has no real acks: an unacked message is re-queued after this
@@ -37,8 +38,9 @@ def make_app(broker_url: str, *, visibility_timeout_s: float = DEFAULT_VISIBILIT
         result_backend_transport_options=transport,
         result_expires=24 * 3600,
         task_default_queue=SHARED_QUEUE,
-        worker_send_task_events=True,  # Flower
-        task_send_sent_event=True,
+        # Task events feed Flower; they cost a publish per task and state change.
+        worker_send_task_events=task_events,
+        task_send_sent_event=task_events,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
@@ -55,6 +57,11 @@ def _bind_device_from_env(app: Celery) -> None:
         # Before anything imports torch; an operator's own setting wins.
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", str(device.index))
     app.conf.task_queues = [Queue(device.queue), Queue(SHARED_QUEUE)]
+    config_path = os.environ.get("EDITBATCH_CONFIG")
+    if config_path:
+        from .config import load_config
+
+        app.conf.worker_send_task_events = load_config(config_path, check_dataset=False).cluster.task_events
     from .workers import hooks  # noqa: F401  (connects the worker signals)
 
 

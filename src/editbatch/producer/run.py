@@ -140,7 +140,7 @@ def _run(config: RunConfig, items: list[Item], out_dir: Path, broker: str, check
                         params={**config.model.params, **(item.extra.get("params") or {})}, model=model_id, run=run_id, report=inbox.key,
                         submitted_at=now).to_payload()
 
-    submitter = Submitter(make_app(broker), payload_for)
+    submitter = Submitter(make_app(broker, task_events=config.cluster.task_events), payload_for)
     submitter.connect()  # before the clock starts: connection set-up is not per-run dispatch cost
     failures: list[tuple[str, str]] = []
 
