@@ -81,12 +81,12 @@ def test_balanced_never_leaves_a_device_idle_while_items_wait(sim_run):
     proc, manifest, summary = sim_run(24, mode="balanced", params=params)
     assert proc.returncode == 0, proc.stderr
     assert "[BALANCED]" in proc.stderr
-    assert idle_while_waiting(manifest, tolerance=0.15) == []
+    assert idle_while_waiting(manifest, tolerance=0.3) == []
     counts = {d: sum(r["device"] == d for r in manifest) for d in ("cpu0", "cpu1", "cpu2")}
     assert counts["cpu1"] < counts["cpu0"] and counts["cpu1"] < counts["cpu2"]
 
     proc, manifest, _ = sim_run(24, mode="nosync", params=params)
-    assert idle_while_waiting(manifest, tolerance=0.15), "the check must see round-robin's idle devices"
+    assert idle_while_waiting(manifest, tolerance=0.3), "the check must see round-robin's idle devices"
 
 
 def test_window_mode_bounds_the_skew(sim_run):
