@@ -12,7 +12,9 @@ Columns: makespan (first submit to last finish); lower bound (total work /
 sum of device speeds, or the longest task); efficiency (lower bound /
 makespan); ideal (the same mode replayed with the recorded task times and
 zero orchestration cost); overhead (makespan / ideal - 1); barrier idle
-(device-seconds spent waiting for the slowest task of a batch); max skew (in
+(device-seconds spent waiting for the slowest task of a batch); sync pt (sum
+over batch boundaries of last finish -> next batch's first start: what the
+sync point itself costs); max skew (in
 batches, oldest unfinished item to newest started one); queue wait (median
 submit-to-start).
 """
@@ -87,14 +89,16 @@ def make_config(root: Path, args, speeds, broker: str, mode: str, tag: str):
 
 def row(s: dict) -> str:
     idle = f"{s['barrier_idle_s']:.2f}" if s["barrier_idle_s"] is not None else "-"
+    release = f"{s['barrier_release_s']:.3f}" if s["barrier_release_s"] is not None else "-"
     wait = f"{s['median_queue_wait_s']:.3f}" if s["median_queue_wait_s"] is not None else "-"
     mode = s["mode"] + (f" K={s['max_skew']}" if s["mode"] == "window" else "")
     return (f"| {mode:<10} | {s['makespan_s']:8.2f} | {s['lower_bound_s']:8.2f} | {s['efficiency']:5.3f} | "
-            f"{s['ideal_s']:6.2f} | {100 * s['overhead']:+6.2f}% | {idle:>8} | {s['max_skew_observed']:5.2f} | {wait:>7} |")
+            f"{s['ideal_s']:6.2f} | {100 * s['overhead']:+6.2f}% | {idle:>12} | {release:>9} | "
+            f"{s['max_skew_observed']:4.2f} | {wait:>7} |")
 
 
-HEADER = ("| mode       | makespan | lower bd | effic | ideal  | overhead | barrier idle | skew | q wait  |\n"
-          "|------------|---------:|---------:|------:|-------:|---------:|-------------:|-----:|--------:|")
+HEADER = ("| mode       | makespan | lower bd | effic | ideal  | overhead | barrier idle | sync pt s | skew | q wait  |\n"
+          "|------------|---------:|---------:|------:|-------:|---------:|-------------:|----------:|-----:|--------:|")
 
 
 def main(argv=None) -> int:

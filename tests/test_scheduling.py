@@ -172,3 +172,8 @@ def test_sync_lookahead_queues_the_next_batch_and_only_the_oldest_batch_is_due()
 
 def test_other_policies_treat_every_outstanding_item_as_due():
     assert BalancedPolicy(5, "shared", 5).due({3, 1}) == [1, 3]
+
+
+def test_barrier_release_is_the_time_between_batches():
+    t = timeline([(0, "a", 0.0, 1.0, 0), (1, "b", 0.0, 1.5, 0), (2, "a", 1.52, 2.0, 1), (3, "b", 1.6, 2.0, 1)])
+    assert metrics.barrier_release(t) == [pytest.approx(0.02)]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST_FIELDS = ("id", "index", "status", "output", "device", "worker", "batch", "seed", "submitted_at",
-                   "started_at", "finished_at", "error")
+                   "started_at", "finished_at", "reported_at", "error")
 
 
 def manifest_record(item, seed: int, result: dict[str, Any] | None = None) -> dict[str, Any]:

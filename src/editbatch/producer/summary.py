@@ -37,6 +37,7 @@ def summarize(records: list[dict[str, Any]], *, mode: str, devices: list[str], o
         "busy_s": {d: round(v, 4) for d, v in metrics.busy_by_device(timings, devices).items()},
         "barrier_idle_s": round(sum(idle.values()), 4) if mode == "sync" else None,
         "barrier_idle_by_device_s": {d: round(v, 4) for d, v in idle.items()} if mode == "sync" else None,
+        "barrier_release_s": round(sum(metrics.barrier_release(timings)), 4) if mode == "sync" else None,
         "lower_bound_s": round(lower, 4),
         "efficiency": round(lower / span, 4) if span > 0 else None,
         "ideal_s": round(ideal, 4) if ideal is not None else None,

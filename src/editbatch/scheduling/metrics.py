@@ -83,6 +83,20 @@ def barrier_idle(timings: list[Timing]) -> dict[str, float]:
     return dict(idle)
 
 
+def barrier_release(timings: list[Timing]) -> list[float]:
+    """Per batch boundary: from the last finish of batch k to the first start of batch k+1.
+
+    The time the sync point itself costs, on top of waiting for the slowest task.
+    """
+    ends: dict[int, float] = {}
+    starts: dict[int, float] = {}
+    for t in timings:
+        if t.batch is not None:
+            ends[t.batch] = max(ends.get(t.batch, t.finished_at), t.finished_at)
+            starts[t.batch] = min(starts.get(t.batch, t.started_at), t.started_at)
+    return [max(0.0, starts[k + 1] - ends[k]) for k in sorted(ends) if k + 1 in starts]
+
+
 def max_skew(timings: list[Timing], devices: int) -> float:
     """Largest span, in batches of `devices` items, from the oldest unfinished item to a newly started one.
 

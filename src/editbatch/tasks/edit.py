@@ -44,6 +44,7 @@ def edit(payload: dict) -> dict:
                  result["finished_at"] - result["started_at"], result["output"])
     else:
         log.warning("%s: %s failed: %s", rt.device.queue, task.id, result["error"])
+    result["reported_at"] = time.time()
     if task.report:
         rt.report(task.report, result)
     return result
