@@ -145,3 +145,25 @@ def test_producer_refuses_workers_serving_another_model(tmp_path, sim_cluster, s
                                    "ready_timeout_s": 5})
     proc = run_cli("run", str(config))
     assert proc.returncode == 2 and "serve another model" in proc.stderr
+
+
+def test_items_of_a_dead_worker_fail_fast_and_the_run_completes(tmp_path, sample_image):
+    config = local_config(tmp_path, sample_image, n=30, devices=("cpu", "cpu"), seconds=0.3)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "editbatch", "run", str(config), "--set", "schedule.mode=nosync"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not ((out / "manifest.jsonl").exists()
+                                               and (out / "manifest.jsonl").read_text().count("\n") >= 2):
+        time.sleep(0.1)
+    victim = json.loads((out / "logs" / "cluster.json").read_text())["workers"]["cpu1"]
+    os.kill(victim, signal.SIGKILL)
+    started = time.monotonic()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert time.monotonic() - started < 40  # presence expiry + a check, not 30 task timeouts
+    records, summary = read_run(out)
+    gone = [r for r in records if r["status"] == "failed"]
+    assert gone and all(r["index"] % 2 == 1 for r in gone)
+    assert all("worker is gone" in r["error"] or "no result" in r["error"] for r in gone)
+    assert all(r["status"] == "ok" for r in records if r["index"] % 2 == 0)

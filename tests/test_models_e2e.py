@@ -134,9 +134,10 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pix2pix_runs(tmp_path_factory, tiny_env, inputs):
-    """The same six InstructPix2Pix items four ways: 1 worker sync; 3 workers nosync in reversed order;
-    3 workers sync; all with one torch thread per worker. And 1 worker nosync with the default threads
-    (both cores: 2 threads, where each of 3 workers gets 1)."""
+    """The same six InstructPix2Pix items three ways: 1 worker in sync mode and 3 workers in nosync mode
+    with the items reversed (so they land on other workers), both with one torch thread per worker;
+    and 1 worker in nosync mode with the default threads (both cores: 2 threads, where each of 3
+    workers gets 1). A 3-worker sync run would add about 25 s of worker start-up and no new path."""
     root = tmp_path_factory.mktemp("pix2pix")
     model = {"type": "instruct_pix2pix", "path": "tiny", "params": {"num_inference_steps": STEPS}}
     rows = pix2pix_rows(inputs)
@@ -145,7 +146,6 @@ def pix2pix_runs(tmp_path_factory, tiny_env, inputs):
         "one-sync": run_config(root, "one-sync", model, rows, devices=["cpu"], mode="sync", env=pinned),
         "three-nosync-reversed": run_config(root, "three-nosync", model, rows[::-1], devices=["cpu"] * 3,
                                             mode="nosync", env=pinned),
-        "three-sync": run_config(root, "three-sync", model, rows, devices=["cpu"] * 3, mode="sync", env=pinned),
         "one-nosync-default-threads": run_config(root, "one-nosync", model, rows, devices=["cpu"], mode="nosync",
                                                  env=tiny_env),
     }
@@ -173,7 +173,7 @@ def test_instruct_pix2pix_runs_every_kind_of_input(pix2pix_runs):
 
 
 def test_instruct_pix2pix_outputs_do_not_depend_on_worker_mode_or_order(pix2pix_runs):
-    bit_exact = ("one-sync", "three-nosync-reversed", "three-sync")
+    bit_exact = ("one-sync", "three-nosync-reversed")
     digests = {}
     for run in bit_exact:
         proc, manifest, summary, out = pix2pix_runs[run]
@@ -188,10 +188,12 @@ def test_instruct_pix2pix_outputs_do_not_depend_on_worker_mode_or_order(pix2pix_
     assert len({d for _, d in reference.values()}) == 6
     # The runs really spread the items differently over the workers.
     device = {run: {r["id"]: r["device"] for r in pix2pix_runs[run][1]} for run in bit_exact}
-    assert set(device["three-sync"].values()) == {"cpu0", "cpu1", "cpu2"}
+    assert set(device["one-sync"].values()) == {"cpu0"}
     assert set(device["three-nosync-reversed"].values()) == {"cpu0", "cpu1", "cpu2"}
-    moved = [i for i in device["three-sync"] if device["three-sync"][i] != device["three-nosync-reversed"][i]]
-    assert len(moved) >= 4, moved
+    # nosync: row i of the (reversed) file runs on cpu(i mod 3); "rgb" is row 5 there, on cpu2.
+    for r in pix2pix_runs["three-nosync-reversed"][1]:
+        assert r["device"] == f"cpu{r['index'] % 3}"
+    assert device["three-nosync-reversed"]["rgb"] == "cpu2"
     assert "Batch synchronization: DISABLED" in pix2pix_runs["three-nosync-reversed"][0].stdout
 
 

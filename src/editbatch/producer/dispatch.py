@@ -1,8 +1,10 @@
 """The dispatch loop shared by every mode: release, wait for results, release more.
 
 The policy decides what to release; this loop only moves messages. Every
-wait has a timeout: when no result arrives for `task_timeout_s`, the
-outstanding items are failed as lost, so a lost task never hangs the run.
+wait has a timeout: when no result arrives for `task_timeout_s`, the items
+that should have finished are failed as lost, so a lost task never hangs
+the run. Items bound to a device whose worker has vanished are failed at
+once instead of one timeout at a time.
 """
 
 from __future__ import annotations
@@ -10,57 +12,83 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from ..scheduling import Policy
+from ..scheduling import Assignment, Policy
 from .inbox import ResultInbox
 from .submit import Submitter
 
 OnResult = Callable[[int, dict[str, Any]], None]
+GoneQueues = Callable[[set[str]], set[str]]  # of these device queues, which have no live worker
+LIVENESS_EVERY_S = 5.0
 
 
 class Dispatcher:
     def __init__(self, policy: Policy, submitter: Submitter, inbox: ResultInbox, *, index_of: list[int],
-                 task_timeout_s: float, on_result: OnResult, poll_s: float = 1.0):
+                 task_timeout_s: float, on_result: OnResult, device_queues: list[str],
+                 gone: GoneQueues | None = None, poll_s: float = 1.0):
         self.policy = policy
         self.submitter = submitter
         self.inbox = inbox
         self.ordinal_of = {index: ordinal for ordinal, index in enumerate(index_of)}
         self.task_timeout_s = task_timeout_s
         self.on_result = on_result
+        self.device_queues = set(device_queues)
+        self.gone = gone
         self.poll_s = poll_s
-        self.outstanding: set[int] = set()
-        self.batch_of: dict[int, int | None] = {}
+        self.outstanding: dict[int, Assignment] = {}
+        self.dead: set[str] = set()
         self.as_group = policy.mode == "sync"
 
-    def _release(self, assignments) -> None:
-        self.outstanding.update(a.ordinal for a in assignments)
-        self.batch_of.update((a.ordinal, a.batch) for a in assignments)
-        self.submitter.send(assignments, as_group=self.as_group)
+    def _release(self, assignments: list[Assignment]) -> list[Assignment]:
+        """Send what the policy released; return what lands on dead devices (finished below)."""
+        live = [a for a in assignments if a.queue not in self.dead]
+        self.outstanding.update((a.ordinal, a) for a in assignments)
+        self.submitter.send(live, as_group=self.as_group)
+        return [a for a in assignments if a.queue in self.dead]
 
-    def _finish(self, ordinal: int, result: dict[str, Any]) -> list:
-        self.outstanding.discard(ordinal)
+    def _finish(self, ordinal: int, result: dict[str, Any]) -> list[Assignment]:
+        self.outstanding.pop(ordinal, None)
         self.on_result(ordinal, result)
         return self.policy.done(ordinal)
 
+    def _fail(self, assignments: list[Assignment], error: str) -> list[Assignment]:
+        released = []
+        for a in assignments:
+            if a.ordinal in self.outstanding:
+                released += self._finish(a.ordinal, lost_result(a.batch, error))
+        return released
+
+    def _check_devices(self) -> list[Assignment]:
+        waiting_on = {a.queue for a in self.outstanding.values() if a.queue in self.device_queues} - self.dead
+        newly_dead = self.gone(waiting_on) if self.gone and waiting_on else set()
+        self.dead |= newly_dead
+        return [a for a in self.outstanding.values() if a.queue in newly_dead]
+
     def run(self) -> None:
-        self._release(self.policy.start())
-        last_progress = time.monotonic()
+        pending = self._release(self.policy.start())
+        last_progress = last_check = time.monotonic()
         while not self.policy.complete:
+            released: list[Assignment] = []  # sent together: one publish round per drained set of results
+            if pending:
+                released += self._fail(pending, "its device's worker is gone")
+                pending = []
             waited = time.monotonic() - last_progress
             results = self.inbox.get(timeout_s=min(self.poll_s, max(0.0, self.task_timeout_s - waited)))
-            released = []  # sent together: one publish round per drained set of results
             for result in results:
                 ordinal = self.ordinal_of.get(result.get("index"))
                 if ordinal in self.outstanding:  # late copies of timed-out items are dropped
                     released += self._finish(ordinal, result)
                     last_progress = time.monotonic()
             if not results and time.monotonic() - last_progress >= self.task_timeout_s:
-                for ordinal in self.policy.due(self.outstanding):
-                    released += self._finish(ordinal, lost_result(ordinal, self.task_timeout_s,
-                                                                  self.batch_of.get(ordinal)))
+                due = [self.outstanding[o] for o in self.policy.due(set(self.outstanding))]
+                released += self._fail(due, f"no result within task_timeout_s={self.task_timeout_s:g}s "
+                                            "(worker lost, stuck or gone)")
                 last_progress = time.monotonic()
-            self._release(released)
+            if time.monotonic() - last_check >= LIVENESS_EVERY_S:
+                last_check = time.monotonic()
+                released += self._fail(self._check_devices(), "its device's worker is gone")
+            pending = self._release(released)
 
 
-def lost_result(ordinal: int, timeout_s: float, batch: int | None = None) -> dict[str, Any]:
+def lost_result(batch: int | None, error: str) -> dict[str, Any]:
     return {"status": "failed", "lost": True, "batch": batch, "started_at": None, "finished_at": None,
-            "error": f"no result within task_timeout_s={timeout_s:g}s (worker lost, stuck or gone)"}
+            "error": error}

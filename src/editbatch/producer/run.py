@@ -32,6 +32,7 @@ from .dispatch import Dispatcher
 from .inbox import ResultInbox
 from .outputs import Manifest, manifest_record, write_json
 from .progress import Progress
+from ..workers.presence import read_workers
 from .readiness import wait_for_workers
 from .submit import Submitter
 from .summary import summarize
@@ -158,8 +159,12 @@ def _run(config: RunConfig, items: list[Item], out_dir: Path, broker: str, check
         progress.item_done(result.get("batch"), result.get("device"), result.get("started_at"),
                            result.get("finished_at"))
 
+    def gone(queues: set[str]) -> set[str]:
+        return {q for q, record in read_workers(redis, ns, sorted(queues)).items() if record is None}
+
     dispatcher = Dispatcher(policy, submitter, inbox, index_of=[i.index for i in valid],
-                            task_timeout_s=sched.task_timeout_s, on_result=on_result)
+                            task_timeout_s=sched.task_timeout_s, on_result=on_result, device_queues=devices,
+                            gone=gone)
     started = time.time()
     progress.start()
     interrupted = False

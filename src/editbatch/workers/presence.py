@@ -14,8 +14,8 @@ from typing import Any
 
 from redis import Redis
 
-TTL_S = 20
-BEAT_S = 5
+TTL_S = 10
+BEAT_S = 3
 
 
 def worker_key(namespace: str, queue: str) -> str:
