@@ -69,7 +69,8 @@ def idle_while_waiting(manifest, tolerance):
         mine = sorted((r for r in manifest if r["device"] == d), key=lambda r: r["started_at"])
         ends = [(r["finished_at"], nxt["started_at"] if nxt else run_end) for r, nxt in zip(mine, mine[1:] + [None])]
         for free_at, busy_again in ends:
-            waiting = [r for r in manifest if r["submitted_at"] <= free_at and r["started_at"] > free_at + tolerance]
+            # Every item of the run is waiting until it starts, whether or not the producer has sent it yet.
+            waiting = [r for r in manifest if r["started_at"] > free_at + tolerance]
             if waiting and busy_again - free_at > tolerance:
                 found.append((d, busy_again - free_at))
     return found
