@@ -134,26 +134,18 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pix2pix_runs(tmp_path_factory, tiny_env, inputs):
-    """The same six InstructPix2Pix items three ways: 1 worker in sync mode and 3 workers in nosync mode
-    with the items reversed (so they land on other workers), both with one torch thread per worker;
-    and 1 worker in nosync mode with the default threads (both cores: 2 threads, where each of 3
-    workers gets 1). A 3-worker sync run would add about 25 s of worker start-up and no new path."""
+    """The same six InstructPix2Pix items two ways: 1 worker in sync mode and 3 workers in nosync mode
+    with the items reversed (so they land on other workers). CPU workers run cluster.cpu_threads
+    torch threads (default 1) however many share the machine, so float reductions split the same
+    way in both. A 3-worker sync run would add about 25 s of worker start-up and no new path."""
     root = tmp_path_factory.mktemp("pix2pix")
     model = {"type": "instruct_pix2pix", "path": "tiny", "params": {"num_inference_steps": STEPS}}
     rows = pix2pix_rows(inputs)
-    pinned = {**tiny_env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return {
-        "one-sync": run_config(root, "one-sync", model, rows, devices=["cpu"], mode="sync", env=pinned),
+        "one-sync": run_config(root, "one-sync", model, rows, devices=["cpu"], mode="sync", env=tiny_env),
         "three-nosync-reversed": run_config(root, "three-nosync", model, rows[::-1], devices=["cpu"] * 3,
-                                            mode="nosync", env=pinned),
-        "one-nosync-default-threads": run_config(root, "one-nosync", model, rows, devices=["cpu"], mode="nosync",
-                                                 env=tiny_env),
+                                            mode="nosync", env=tiny_env),
     }
-
-
-def pixels(path: Path) -> np.ndarray:
-    with Image.open(path) as img:
-        return np.asarray(img).astype(np.int16)
 
 
 # ---------------------------------------------------------------- InstructPix2Pix: inputs and determinism
@@ -195,19 +187,6 @@ def test_instruct_pix2pix_outputs_do_not_depend_on_worker_mode_or_order(pix2pix_
         assert r["device"] == f"cpu{r['index'] % 3}"
     assert device["three-nosync-reversed"]["rgb"] == "cpu2"
     assert "Batch synchronization: DISABLED" in pix2pix_runs["three-nosync-reversed"][0].stdout
-
-
-def test_instruct_pix2pix_other_cpu_thread_count_changes_at_most_rounding(pix2pix_runs):
-    """A CPU worker's torch thread count follows the number of CPU workers on the node (1 worker on
-    2 cores: 2 threads), and float reductions split over other thread counts round differently: the
-    outputs are then equal up to one 8-bit level in rare pixels, not bit for bit."""
-    proc, manifest, summary, out = pix2pix_runs["one-nosync-default-threads"]
-    check_outputs(proc, manifest, summary, out, 6)
-    ref_out = pix2pix_runs["one-sync"][3]
-    for r in manifest:
-        a, b = pixels(out / r["output"]), pixels(ref_out / r["output"])
-        assert a.shape == b.shape and np.abs(a - b).max() <= 1, r["id"]
-        assert (a != b).mean() < 0.01, r["id"]
 
 
 # ---------------------------------------------------------------- the other families

@@ -66,6 +66,8 @@ class ClusterConfig(_Strict):
     broker: str = "auto"
     devices: list[int | str] = Field(default_factory=lambda: ["cpu", "cpu"], min_length=1)
     load_concurrency: int = Field(default=1, ge=1)
+    cpu_threads: int = Field(default=1, ge=1, description="torch threads of each CPU worker (fixed, for "
+                                                         "outputs that do not depend on the worker count)")
     task_events: bool = Field(default=True, description="send Celery task events (Flower shows tasks live)")
     prefetch: int = Field(default=1, ge=1, le=8, description="tasks a worker holds: 1 running + (prefetch-1) waiting")
     ready_timeout_s: float = Field(default=1800.0, gt=0, description="how long the producer waits for every worker")

@@ -27,7 +27,7 @@ def manifest_record(item, seed: int, result: dict[str, Any] | None = None) -> di
         if key in result and key not in ("id", "index"):
             record[key] = result[key]
     info = result.get("info") or {}
-    for key in ("input_size", "output_size", "size_policy"):
+    for key in ("input_size", "input_sizes", "generated_size", "output_size", "size_policy"):
         if key in info:
             record[key] = info[key]
     if result.get("work_s") is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +81,13 @@ def start(broker_url: str, device_spec: str, config_path: str | Path, overrides:
     presence.publish(state="loading", device=device.queue, queue=device.queue, host=host, pid=os.getpid(),
                      worker=name, model=model_desc, load_started_at=None, load_finished_at=None)
     if device.kind == "cpu":
-        _share_cpu_threads(config.devices, device)
+        # A fixed count, not a share of the cores: float reductions split over another
+        # number of threads round differently, and outputs must not depend on how
+        # many workers run. Set before the adapter imports torch.
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(config.cluster.cpu_threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(config.cluster.cpu_threads)
     model = get_model_class(config.model.type)(config.model, device)
     slots_by_queue = [d.queue for d in config.devices]
     model.slot = slots_by_queue.index(device.queue) if device.queue in slots_by_queue else 0
@@ -100,14 +107,6 @@ def start(broker_url: str, device_spec: str, config_path: str | Path, overrides:
                              started, finished)
     presence.publish(load_finished_at=finished)
     return _current
-
-
-def _share_cpu_threads(devices: list[Device], device: Device) -> None:
-    """CPU workers on one machine split its cores instead of each starting one thread per core."""
-    siblings = sum(1 for d in devices if d.kind == "cpu" and d.node == device.node) or 1
-    threads = str(max(1, (os.cpu_count() or 1) // siblings))
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, threads)
 
 
 def announce_ready() -> None:
