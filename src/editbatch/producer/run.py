@@ -76,22 +76,40 @@ def execute(config: RunConfig, *, source: str, strict: bool = False, stream: Tex
         return _run(config, items, out_dir, broker, check_alive, stream)
 
 
+def _await_workers(config: RunConfig, redis: Redis, out_dir: Path, check_alive, say) -> None:
+    """Unified start: block until every device's worker has loaded the model; record them in workers.json."""
+    devices = [d.queue for d in config.devices]
+    say(f"[editbatch] Waiting for {len(devices)} worker(s) to load {config.model.type} "
+        f"(load_concurrency={config.cluster.load_concurrency})")
+    records = wait_for_workers(redis, config.cluster.namespace, devices, timeout_s=config.cluster.ready_timeout_s,
+                               model={"type": config.model.type, "path": config.model.path}, check_alive=check_alive)
+    write_json(out_dir / "workers.json", [
+        {k: r.get(k) for k in ("device", "queue", "host", "pid", "worker", "model", "load_started_at",
+                                "load_finished_at", "ready_at")} for r in records.values()])
+    loads = [(r["load_started_at"], r["load_finished_at"]) for r in records.values()]
+    say(f"[editbatch] All workers ready: models loaded in {max(e for _, e in loads) - min(s for s, _ in loads):.2f}s "
+        "(staggered)")
+
+
+def _announce(progress: Progress, config: RunConfig, items: list[Item], valid: list[Item]) -> None:
+    """The seed's banner and task-assignment table."""
+    sched, devices = config.schedule, [d.queue for d in config.devices]
+    g = len(devices)
+    progress.banner(f"{config.model.type}: {config.model.path}", len(valid), len(items) - len(valid),
+                    f", max_skew={sched.max_skew}" if sched.mode == "window" else "")
+    per_device = None
+    if sched.mode in ("sync", "nosync"):
+        per_device = {d: [v.index for v in valid[k::g]] for k, d in enumerate(devices)}
+    progress.assignment(per_device, in_flight=(sched.max_skew + 1) * g if sched.mode == "window"
+                        else g * (config.cluster.prefetch + 1))
+
+
 def _run(config: RunConfig, items: list[Item], out_dir: Path, broker: str, check_alive, stream) -> RunResult:
     devices = [d.queue for d in config.devices]
     ns = config.cluster.namespace
     redis = Redis.from_url(broker, socket_keepalive=True, health_check_interval=30)
     model_id = {"type": config.model.type, "path": config.model.path}
-    progress_out = Progress(config.schedule.mode, 0, devices, stream=stream)
-    progress_out.say(f"[editbatch] Waiting for {len(devices)} worker(s) to load {config.model.type} "
-                     f"(load_concurrency={config.cluster.load_concurrency})")
-    records = wait_for_workers(redis, ns, devices, timeout_s=config.cluster.ready_timeout_s, model=model_id,
-                               check_alive=check_alive)
-    write_json(out_dir / "workers.json", [
-        {k: r.get(k) for k in ("device", "queue", "host", "pid", "worker", "model", "load_started_at",
-                                "load_finished_at", "ready_at")} for r in records.values()])
-    loads = [(r["load_started_at"], r["load_finished_at"]) for r in records.values()]
-    progress_out.say(f"[editbatch] All workers ready: models loaded in {max(e for _, e in loads) - min(s for s, _ in loads):.2f}s "
-                     "(staggered)")
+    _await_workers(config, redis, out_dir, check_alive, Progress(config.schedule.mode, 0, devices, stream=stream).say)
 
     valid = [i for i in items if i.valid]
     seeds = {i.index: item_seed(config.schedule.seed, i.id) for i in items}
@@ -108,13 +126,7 @@ def _run(config: RunConfig, items: list[Item], out_dir: Path, broker: str, check
     batched = sched.mode in ("sync", "window")
     progress = Progress(sched.mode, len(valid), devices, stream=stream,
                         batches=batch_count(len(valid), g) if batched else None, batch_size=g)
-    progress.banner(f"{config.model.type}: {config.model.path}", len(valid), len(items) - len(valid),
-                    f", max_skew={sched.max_skew}" if sched.mode == "window" else "")
-    per_device = None
-    if sched.mode in ("sync", "nosync"):
-        per_device = {d: [v.index for v in valid[k::g]] for k, d in enumerate(devices)}
-    progress.assignment(per_device, in_flight=(sched.max_skew + 1) * g if sched.mode == "window"
-                        else g * (config.cluster.prefetch + 1))
+    _announce(progress, config, items, valid)
 
     run_id = uuid.uuid4().hex[:12]
     inbox = ResultInbox(redis, f"{ns}:run:{run_id}:results")
