@@ -16,7 +16,6 @@ from ..models.base import EditRequest
 from ..workers import runtime
 from .contract import TASK_NAME, EditTask
 
-
 log = get_task_logger("editbatch.task")
 
 
@@ -43,7 +42,7 @@ def edit(payload: dict) -> dict:
         log.info("%s: %s ok in %.2fs -> %s", rt.device.queue, task.id,
                  result["finished_at"] - result["started_at"], result["output"])
     else:
-        log.warning("%s: %s failed: %s", rt.device.queue, task.id, result["error"])
+        log.warning("%s: %s failed: %s\n%s", rt.device.queue, task.id, result["error"], result.get("traceback", ""))
     result["reported_at"] = time.time()
     if task.report:
         rt.report(task.report, result)
