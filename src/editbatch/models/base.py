@@ -47,6 +47,13 @@ class EditModel:
         # Inside a worker CUDA_VISIBLE_DEVICES exposes only its GPU, so it is always cuda:0.
         self.torch_device = torch_device or ("cuda:0" if device.kind == "cuda" else "cpu")
 
+    def prepare(self) -> None:
+        """Work before the weights (imports, resolving or building the model folder).
+
+        Runs before the worker takes a model-load slot, so it overlaps across
+        workers; only `load` is staggered by `cluster.load_concurrency`.
+        """
+
     def load(self) -> None:
         """Load weights onto the device. Called once per worker, before any task."""
         raise NotImplementedError

@@ -116,6 +116,29 @@ def _pipeline_class(name: str | None):
     return cls
 
 
+def prepare_pipeline(config: "ModelConfig", *, pipeline_class: str | None, tiny_family: str | None,
+                     check_class: bool = True) -> None:
+    """Everything before the weights: resolve (or build) the folder, check it, import the classes it names.
+
+    Runs before the worker takes a model-load slot, so the seconds of Python
+    imports overlap across workers and only weight loading is staggered.
+    Cheap to repeat: `load_pipeline` goes through the same steps.
+    """
+    path = check_local_pipeline(resolve_path(config.path, tiny_family), pipeline_class if check_class else None)
+    _import_custom_components()
+    _pipeline_class(pipeline_class)
+    index = Path(path) / "model_index.json"
+    if index.is_file():
+        import importlib
+
+        for entry in json.loads(index.read_text(encoding="utf-8")).values():
+            if isinstance(entry, list) and len(entry) == 2 and all(isinstance(e, str) for e in entry):
+                try:
+                    getattr(importlib.import_module(entry[0]), entry[1], None)
+                except ImportError:
+                    pass  # from_pretrained reports it with context
+
+
 def load_pipeline(config: "ModelConfig", torch_device: str, *, pipeline_class: str | None, tiny_family: str | None,
                   check_class: bool = True):
     """Load, adapt and place the pipeline a ModelConfig describes; ModelLoadError on a bad path or class."""
@@ -244,6 +267,9 @@ class DiffusersEditModel(EditModel):
     size_multiple: int = 16  # generated sides are multiples of this: VAE factor x latent_patch, set at load
 
     pipe: Any = None
+
+    def prepare(self) -> None:
+        prepare_pipeline(self.config, pipeline_class=self.pipeline_class, tiny_family=self.tiny_family)
 
     def load(self) -> None:
         self.pipe = load_pipeline(

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from .diffusers_common import DiffusersEditModel, check_call_params, load_pipeline
+from .diffusers_common import DiffusersEditModel, check_call_params, load_pipeline, prepare_pipeline
 
 
 class DiffusersModel(DiffusersEditModel):
     name = "diffusers"
     max_images = 16
+
+    def prepare(self) -> None:
+        prepare_pipeline(self.config, pipeline_class=self.config.pipeline_class, tiny_family=None, check_class=False)
 
     def load(self) -> None:
         self.pipe = load_pipeline(

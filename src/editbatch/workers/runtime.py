@@ -93,6 +93,7 @@ def start(broker_url: str, device_spec: str, config_path: str | Path, overrides:
     model.slot = slots_by_queue.index(device.queue) if device.queue in slots_by_queue else 0
     slots = LoadSlots(redis, config.cluster.namespace, config.cluster.load_concurrency)
     try:
+        model.prepare()
         with slots.hold(name):
             started = time.time()
             presence.publish(load_started_at=started)
