@@ -6,6 +6,7 @@ and the times the workers recorded in the manifest.
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -13,8 +14,9 @@ from PIL import Image
 
 from editbatch.scheduling import Timing
 from editbatch.scheduling import metrics
+from editbatch.seeding import item_seed
 
-from .conftest import simple_rows
+from .conftest import REPO, run_cli, simple_rows, write_dataset
 
 G = 3  # simulated workers in the shared cluster
 
@@ -199,3 +201,16 @@ def test_a_lost_task_in_sync_mode_does_not_hold_the_next_batches(sim_run, sample
     assert by_id["item-003"]["status"] == "ok"
     assert by_id["item-003"]["started_at"] - by_id["item-000"]["started_at"] < 2.5
     assert sorted(by_id) == [f"item-00{i}" for i in range(9)]
+
+
+def test_the_seed_projects_config_file_runs_in_sync_mode(tmp_path, sim_cluster, sample_image):
+    dataset = write_dataset(tmp_path, simple_rows(6, sample_image))
+    out = tmp_path / "seed-run"
+    proc = run_cli("run", str(REPO / "configs" / "seed_multi_gpu.yaml"), "--set", f"dataset.path={dataset}",
+                   "--set", f"output_dir={out}", "--set", "model.type=simulated", "--set", "model.path=sim",
+                   "--set", f"cluster.broker={sim_cluster['url']}", "--set", "cluster.devices=[cpu, cpu, cpu]")
+    assert proc.returncode == 0, proc.stderr
+    assert "Batch synchronization: ENABLED" in proc.stdout and "Batch 2/2 done" in proc.stdout
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["batch"] for r in manifest] == [0, 0, 0, 1, 1, 1]
+    assert all(r["seed"] == item_seed(42, r["id"]) for r in manifest)
