@@ -3,29 +3,17 @@ guidance embedding on (as in Kontext dev), byte-level CLIP and a small unigram T
 
 from __future__ import annotations
 
-from .text import CLIP_MAX_LENGTH, clip_tokenizer, t5_tokenizer
+from .text import clip_text_encoder, clip_tokenizer, t5_tokenizer
 
 HIDDEN = 32  # CLIP width = pooled projection; T5 d_model = joint attention dim
 
 
 def build():
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import T5Config, T5EncoderModel
 
     tokenizer = clip_tokenizer()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=HIDDEN,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=CLIP_MAX_LENGTH,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = clip_text_encoder(tokenizer, HIDDEN)
     tokenizer_2 = t5_tokenizer()
     text_encoder_2 = T5EncoderModel(
         T5Config(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .text import CLIP_MAX_LENGTH, clip_tokenizer
+from .text import clip_text_encoder, clip_tokenizer
 
 
 def build():
@@ -12,22 +12,9 @@ def build():
         StableDiffusionInstructPix2PixPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = clip_tokenizer()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=CLIP_MAX_LENGTH,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = clip_text_encoder(tokenizer, 32)
     unet = UNet2DConditionModel(
         sample_size=8,
         in_channels=8,  # noisy latents + image latents

@@ -38,6 +38,25 @@ def clip_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=CLIP_MAX_LENGTH)
 
 
+def clip_text_encoder(tokenizer, hidden: int = 32):
+    """A 2-layer CLIP text model sized to `tokenizer` (InstructPix2Pix's encoder, FLUX's first one)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=CLIP_MAX_LENGTH,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
 def t5_tokenizer():
     from transformers import T5Tokenizer
 
