@@ -88,3 +88,13 @@ def test_bad_override_is_reported(tmp_path, dataset):
     path = write_config(tmp_path / "c.yaml", **base(dataset))
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         load_config(path, ["schedule.mode"])
+
+
+def test_unreachable_broker_and_bad_device_are_one_line_errors(tmp_path, dataset):
+    path = write_config(tmp_path / "c.yaml", **base(dataset, cluster={"broker": "redis://:x@127.0.0.1:1/0",
+                                                                     "devices": ["cpu"]}))
+    proc = run_cli("run", str(path))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "broker unreachable or refusing us: ConnectionError" in proc.stderr
+    proc = run_cli("worker", "--config", str(path), "--device", "gpu0")
+    assert proc.returncode == 2 and "--device: device 'gpu0' is neither a CUDA index" in proc.stderr

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 
+import pytest
 import yaml
 
 from editbatch.config import load_config
@@ -22,7 +23,7 @@ def compose_has_plugin() -> bool:
 def test_compose_file_declares_redis_with_password_one_worker_per_gpu_flower_and_producer():
     data = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     services = data["services"]
-    assert "--requirepass" in services["redis"]["command"]
+    assert "requirepass" in " ".join(services["redis"]["command"])
     workers = sorted(s for s in services if s.startswith("worker-gpu"))
     assert workers == [f"worker-gpu{i}" for i in range(6)]
     for i, name in enumerate(workers):
@@ -38,9 +39,7 @@ def test_compose_file_declares_redis_with_password_one_worker_per_gpu_flower_and
 
 def test_compose_config_parses():
     if not compose_has_plugin():
-        # Without the plugin the structural test above is the check; say so in the output.
-        print("docker compose plugin absent: structural check only")
-        return
+        pytest.skip("docker compose plugin absent here; the structural test above still checks the file")
     env = {**os.environ, "REDIS_PASSWORD": "check", "FLOWER_PASSWORD": "check"}
     proc = subprocess.run(["docker", "compose", "-f", "docker-compose.yml", "--profile", "run", "config", "-q"],
                           cwd=REPO, env=env, capture_output=True, text=True)

@@ -156,7 +156,7 @@ def test_output_names_never_leave_the_images_folder(item_id):
 
 
 def test_output_names_stay_distinct_for_ids_that_clean_alike():
-    assert output_name("a/b") != output_name("a_b") != output_name("a b")
+    assert len({output_name("a/b"), output_name("a_b"), output_name("a b"), output_name("a?b")}) == 4
     assert output_name("plain-id_1.2") == "plain-id_1.2.png"
 
 

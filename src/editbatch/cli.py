@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from .errors import EXIT_USAGE, EditBatchError
+from .errors import EXIT_USAGE, ConfigError, EditBatchError
 
 
 def _add_config(p: argparse.ArgumentParser, *, required_flag: bool = False) -> None:
@@ -72,8 +72,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"editbatch: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("editbatch: interrupted; every process of the run was stopped", file=sys.stderr)
+        print("editbatch: interrupted; the processes this run started were stopped (tasks already queued on "
+              "workers you started yourself may still run)", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - broker trouble: one line, exit 2
+        from kombu.exceptions import OperationalError
+        from redis.exceptions import RedisError
+
+        if not isinstance(exc, (RedisError, OperationalError)):
+            raise
+        print(f"editbatch: error: broker unreachable or refusing us: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_USAGE
 
 
@@ -109,7 +118,10 @@ def _cmd_worker(args, parser) -> int:
     path = _config_path(args, parser)
     if not args.device:
         parser.error("--device is needed (or EDITBATCH_DEVICE)")
-    device = parse_device(args.device)
+    try:
+        device = parse_device(args.device)
+    except ValueError as exc:
+        raise ConfigError("--device", None, str(exc)) from None
     config = load_config(path, args.overrides, check_dataset=False)
     broker = args.broker or os.environ.get("EDITBATCH_BROKER") or config.cluster.broker
     if broker == "auto":
@@ -121,9 +133,12 @@ def _cmd_worker(args, parser) -> int:
 
         from .config import dump_config
 
+        import atexit
+
         fd, tmp = tempfile.mkstemp(prefix="editbatch-worker-", suffix=".yaml")
         with os.fdopen(fd, "w") as fh:
             fh.write(dump_config(config))
+        atexit.register(os.unlink, tmp)
         path = tmp
     os.environ.update(EDITBATCH_DEVICE=device.spec, EDITBATCH_CONFIG=os.path.abspath(path), EDITBATCH_BROKER=broker)
     if device.kind == "cuda":

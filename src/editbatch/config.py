@@ -9,6 +9,7 @@ enable_batch_sync}}``) is translated to this schema before validation.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -254,6 +255,9 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
-def dump_config(config: RunConfig) -> str:
-    """The effective config as YAML (what workers started by `editbatch run` read)."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+def dump_config(config: RunConfig, *, redact: bool = False) -> str:
+    """The effective config as YAML; `redact` hides the broker password (workers get the URL by environment)."""
+    data = config.model_dump(mode="json")
+    if redact:
+        data["cluster"]["broker"] = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", data["cluster"]["broker"])
+    return yaml.safe_dump(data, sort_keys=False)

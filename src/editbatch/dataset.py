@@ -33,10 +33,6 @@ class Item:
     def valid(self) -> bool:
         return self.error is None
 
-    @property
-    def output_name(self) -> str:
-        return output_name(self.id)
-
 
 def output_name(item_id: str) -> str:
     """A file name for the item's output that cannot leave the images folder.

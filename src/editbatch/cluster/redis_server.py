@@ -58,14 +58,17 @@ class RedisServer:
                 f"port {self.port}", "bind 127.0.0.1", f"requirepass {self.password}", 'save ""',
                 "appendonly no", f"dir {self._dir.name}", "loglevel warning", "protected-mode yes",
             ]) + "\n"
-            self.process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                            stderr=subprocess.PIPE, preexec_fn=child_preexec)
+            self._log = open(Path(self._dir.name) / "redis.log", "wb")
+            self.process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=self._log,
+                                            stderr=subprocess.STDOUT, preexec_fn=child_preexec)
             self.process.stdin.write(conf.encode())
             self.process.stdin.close()
             if self._wait_ready(timeout_s):
                 return self.url
-            self.stop()
-        raise ClusterError("could not start a private redis-server")
+            self._terminate()
+        said = (Path(self._dir.name) / "redis.log").read_text(errors="replace").strip().splitlines()
+        self._dir.cleanup()
+        raise ClusterError("could not start a private redis-server" + (f": {said[-1]}" if said else ""))
 
     def _wait_ready(self, timeout_s: float) -> bool:
         client = Redis(host="127.0.0.1", port=self.port, password=self.password, socket_connect_timeout=0.5)
@@ -80,7 +83,7 @@ class RedisServer:
                 time.sleep(0.05)
         return False
 
-    def stop(self) -> None:
+    def _terminate(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -88,4 +91,9 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def stop(self) -> None:
+        self._terminate()
         self._dir.cleanup()

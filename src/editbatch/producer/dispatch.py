@@ -3,8 +3,9 @@
 The policy decides what to release; this loop only moves messages. Every
 wait has a timeout: when no result arrives for `task_timeout_s`, the items
 that should have finished are failed as lost, so a lost task never hangs
-the run. Items bound to a device whose worker has vanished are failed at
-once instead of one timeout at a time.
+the run. A device that lost a task, or whose worker has vanished, is
+written off: the items bound to it fail at once instead of one timeout at a
+time (a stuck GPU in sync mode would otherwise cost a timeout per batch).
 """
 
 from __future__ import annotations
@@ -35,11 +36,11 @@ class Dispatcher:
         self.gone = gone
         self.poll_s = poll_s
         self.outstanding: dict[int, Assignment] = {}
-        self.dead: set[str] = set()
+        self.dead: dict[str, str] = {}  # device queue -> why its items fail
         self.as_group = policy.mode == "sync"
 
     def _release(self, assignments: list[Assignment]) -> list[Assignment]:
-        """Send what the policy released; return what lands on dead devices (finished below)."""
+        """Send what the policy released; return what lands on written-off devices (failed next round)."""
         live = [a for a in assignments if a.queue not in self.dead]
         self.outstanding.update((a.ordinal, a) for a in assignments)
         self.submitter.send(live, as_group=self.as_group)
@@ -50,18 +51,23 @@ class Dispatcher:
         self.on_result(ordinal, result)
         return self.policy.done(ordinal)
 
-    def _fail(self, assignments: list[Assignment], error: str) -> list[Assignment]:
+    def _fail(self, assignments: list[Assignment], error: str | None = None) -> list[Assignment]:
         released = []
         for a in assignments:
             if a.ordinal in self.outstanding:
-                released += self._finish(a.ordinal, lost_result(a.batch, error))
+                released += self._finish(a.ordinal, lost_result(a.batch, error or self.dead[a.queue]))
         return released
 
+    def _write_off(self, queues: set[str], why: str) -> list[Assignment]:
+        """Mark device queues dead; return their outstanding items."""
+        for q in queues & self.device_queues:
+            self.dead.setdefault(q, why.format(queue=q))
+        return [a for a in self.outstanding.values() if a.queue in self.dead]
+
     def _check_devices(self) -> list[Assignment]:
-        waiting_on = {a.queue for a in self.outstanding.values() if a.queue in self.device_queues} - self.dead
+        waiting_on = {a.queue for a in self.outstanding.values() if a.queue in self.device_queues} - set(self.dead)
         newly_dead = self.gone(waiting_on) if self.gone and waiting_on else set()
-        self.dead |= newly_dead
-        return [a for a in self.outstanding.values() if a.queue in newly_dead]
+        return self._write_off(newly_dead, "{queue}: worker is gone") if newly_dead else []
 
     def run(self) -> None:
         pending = self._release(self.policy.start())
@@ -69,7 +75,7 @@ class Dispatcher:
         while not self.policy.complete:
             released: list[Assignment] = []  # sent together: one publish round per drained set of results
             if pending:
-                released += self._fail(pending, "its device's worker is gone")
+                released += self._fail(pending)
                 pending = []
             waited = time.monotonic() - last_progress
             results = self.inbox.get(timeout_s=min(self.poll_s, max(0.0, self.task_timeout_s - waited)))
@@ -82,10 +88,13 @@ class Dispatcher:
                 due = [self.outstanding[o] for o in self.policy.due(set(self.outstanding))]
                 released += self._fail(due, f"no result within task_timeout_s={self.task_timeout_s:g}s "
                                             "(worker lost, stuck or gone)")
+                # The device is still busy with the lost task, or dead: what is queued for it would wait too.
+                released += self._fail(self._write_off({a.queue for a in due},
+                                                       "{queue}: lost an earlier task (stuck or gone)"))
                 last_progress = time.monotonic()
             if time.monotonic() - last_check >= LIVENESS_EVERY_S:
                 last_check = time.monotonic()
-                released += self._fail(self._check_devices(), "its device's worker is gone")
+                released += self._fail(self._check_devices())
             pending = self._release(released)
 
 

@@ -30,6 +30,3 @@ class ResultInbox:
         if more:
             raw.extend(more)
         return [json.loads(r) for r in raw]
-
-    def discard(self) -> None:
-        self.redis.delete(self.key)

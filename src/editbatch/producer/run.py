@@ -61,7 +61,7 @@ def execute(config: RunConfig, *, source: str, strict: bool = False, stream: Tex
     out_dir = config.output_dir.resolve()
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     resolved = out_dir / "config.resolved.yaml"
-    resolved.write_text(dump_config(config), encoding="utf-8")
+    resolved.write_text(dump_config(config, redact=True), encoding="utf-8")
 
     with contextlib.ExitStack() as stack:
         check_alive = None
@@ -195,6 +195,7 @@ def _run(config: RunConfig, items: list[Item], out_dir: Path, broker: str, check
                     on_result(ordinal, {"status": "failed", "error": "run interrupted before this item was sent"})
         ordered = manifest.finalize()
         _forget_run(redis, f"{ns}:run:{run_id}:")
+        redis.close()
         summary = summarize(ordered, mode=sched.mode, devices=devices,
                             ordinal_of={i.index: k for k, i in enumerate(valid)}, dispatch_started_at=started,
                             policy_factory=policy_factory,
@@ -216,7 +217,10 @@ def _run(config: RunConfig, items: list[Item], out_dir: Path, broker: str, check
 
 
 def _forget_run(redis: Redis, prefix: str) -> None:
-    """Drop the run's inbox and barrier keys (they also expire on their own)."""
-    keys = list(redis.scan_iter(match=prefix + "*", count=1000))
-    if keys:
-        redis.delete(*keys)
+    """Drop the run's inbox and barrier keys (they also expire on their own, so a failure here is harmless)."""
+    try:
+        keys = list(redis.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            redis.delete(*keys)
+    except Exception:  # noqa: BLE001 - the broker may be what failed; the run's files come first
+        pass

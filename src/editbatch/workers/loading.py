@@ -46,7 +46,10 @@ class LoadSlots:
 
         def renew() -> None:
             while not stop.wait(self.lease_s / 3):
-                self.redis.eval(_RENEW, 1, key, owner, self.lease_s)
+                try:
+                    self.redis.eval(_RENEW, 1, key, owner, self.lease_s)
+                except Exception:  # noqa: BLE001 - retried on the next beat, well inside the lease
+                    pass
 
         thread = threading.Thread(target=renew, name="editbatch-load-lease", daemon=True)
         thread.start()

@@ -68,10 +68,10 @@ def current() -> WorkerRuntime:
     return _current
 
 
-def start(broker_url: str, device_spec: str, config_path: str | Path, overrides: list[str] | None = None) -> WorkerRuntime:
+def start(broker_url: str, device_spec: str, config_path: str | Path) -> WorkerRuntime:
     """Bind the device, wait for a load slot, load the model once and announce readiness."""
     global _current
-    config = load_config(config_path, overrides or [], check_dataset=False)
+    config = load_config(config_path, check_dataset=False)
     device = parse_device(device_spec)
     redis = Redis.from_url(broker_url, socket_keepalive=True, health_check_interval=30)
     host = socket.gethostname()
@@ -88,13 +88,13 @@ def start(broker_url: str, device_spec: str, config_path: str | Path, overrides:
             os.environ[var] = str(config.cluster.cpu_threads)
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(config.cluster.cpu_threads)
-    model = get_model_class(config.model.type)(config.model, device)
-    slots_by_queue = [d.queue for d in config.devices]
-    model.slot = slots_by_queue.index(device.queue) if device.queue in slots_by_queue else 0
     slots = LoadSlots(redis, config.cluster.namespace, config.cluster.load_concurrency)
     try:
+        model = get_model_class(config.model.type)(config.model, device)
+        slots_by_queue = [d.queue for d in config.devices]
+        model.slot = slots_by_queue.index(device.queue) if device.queue in slots_by_queue else 0
         model.prepare()
-        with slots.hold(name):
+        with slots.hold(name, timeout_s=config.cluster.ready_timeout_s):
             started = time.time()
             presence.publish(load_started_at=started)
             log.info("%s: loading %s (%s)", name, config.model.type, config.model.path)
