@@ -53,15 +53,16 @@ class Manifest:
         return ordered
 
 
-def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+def _replace(path: Path, text: str) -> None:
+    """Write next to `path`, then rename: readers never see a half-written file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for record in records:
-            fh.write(json.dumps(record) + "\n")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    _replace(path, "".join(json.dumps(record) + "\n" for record in records))
 
 
 def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    _replace(path, json.dumps(data, indent=2) + "\n")

@@ -25,7 +25,7 @@ from ..devices import SHARED_QUEUE
 from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, ConfigError
 from ..models.registry import get_model_class
 from ..scheduling import Assignment, make_policy
-from ..scheduling.policies import batch_count
+from ..scheduling.policies import batch_count, batch_size
 from ..seeding import item_seed
 from ..tasks.contract import EditTask
 from .dispatch import Dispatcher
@@ -143,7 +143,7 @@ def _run(config: RunConfig, items: list[Item], out_dir: Path, broker: str, check
     def payload_for(a: Assignment, now: float) -> dict[str, Any]:
         item = valid[a.ordinal]
         if a.batch is not None:
-            progress.track_batch(a.batch, min(g, len(valid) - a.batch * g))
+            progress.track_batch(a.batch, batch_size(len(valid), g, a.batch))
         sync_point = {}
         if worker_barrier:
             sync_point = {"wait_for": barrier(a.batch - 1).to_dict() if a.batch else None,

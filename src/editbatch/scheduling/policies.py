@@ -46,6 +46,11 @@ def batch_count(n: int, size: int) -> int:
     return -(-n // size) if n else 0
 
 
+def batch_size(n: int, size: int, batch: int) -> int:
+    """Items in batch `batch` when n items are cut into batches of `size` (the last may be short)."""
+    return max(0, min(size, n - batch * size))
+
+
 class SyncPolicy(Policy):
     """One item per device per batch, item j of a batch on device j.
 
@@ -64,10 +69,10 @@ class SyncPolicy(Policy):
         self.batches = batch_count(n, self.size)
         self.lookahead = lookahead
         self.released = 0  # batches released so far
-        self._left = [min(self.size, n - k * self.size) for k in range(self.batches)]
+        self._left = [batch_size(n, self.size, k) for k in range(self.batches)]
 
     def batch_size(self, batch: int) -> int:
-        return max(0, min(self.size, self.n - batch * self.size))
+        return batch_size(self.n, self.size, batch)
 
     def _release(self, upto: int) -> list[Assignment]:
         out = []
