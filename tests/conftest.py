@@ -57,6 +57,32 @@ def simple_rows(n: int, image: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="session")
+def _redis_server():
+    from editbatch.cluster.redis_server import RedisServer
+
+    server = RedisServer()
+    url = server.start()
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(_redis_server):
+    """A private real Redis (loopback, password), flushed before and after each test."""
+    from editbatch.redisconn import connect
+
+    client = connect(_redis_server)
+    client.flushdb()
+    try:
+        yield _redis_server
+    finally:
+        client.flushdb()
+        client.close()
+
+
+@pytest.fixture(scope="session")
 def sim_cluster(tmp_path_factory, sample_image):
     """Three simulated-model workers on a private Redis, shared by the tests that submit to a broker URL."""
     root = tmp_path_factory.mktemp("sim-cluster")

@@ -214,3 +214,51 @@ def test_the_seed_projects_config_file_runs_in_sync_mode(tmp_path, sim_cluster, 
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert [r["batch"] for r in manifest] == [0, 0, 0, 1, 1, 1]
     assert all(r["seed"] == item_seed(42, r["id"]) for r in manifest)
+
+
+def test_tasks_left_by_an_interrupted_run_never_start(tmp_path, sim_cluster, sample_image):
+    """Ctrl-C marks the run ended: its tasks still queued on the workers are skipped, not run later."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import read_jsonl, write_config
+
+    calls = tmp_path / "calls.jsonl"
+    dataset = write_dataset(tmp_path / "data", simple_rows(30, sample_image))
+    out = tmp_path / "interrupted"
+    config = write_config(tmp_path / "c.yaml", name="interrupted", dataset={"path": str(dataset)},
+                          output_dir=str(out),
+                          model={"type": "simulated", "path": "sim", "params": {"seconds": 1.0,
+                                                                               "call_log": str(calls)}},
+                          cluster={"broker": sim_cluster["url"], "devices": ["cpu", "cpu", "cpu"]},
+                          schedule={"mode": "sync"})  # the next batch waits queued at the workers
+    proc = subprocess.Popen([sys.executable, "-m", "editbatch", "run", str(config)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (calls.exists() and calls.read_text().count("\n") >= 4):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    ended = time.time()
+    assert proc.returncode == 130
+    time.sleep(4)  # long enough for the queued batch to have started, were it not skipped
+    late = [c for c in read_jsonl(calls) if c["t"] > ended]
+    assert late == []
+    # The workers serve the next run at once.
+    proc2, manifest, _ = _sim_run_again(tmp_path, sim_cluster, sample_image)
+    assert proc2.returncode == 0 and [r["status"] for r in manifest] == ["ok"] * 3
+
+
+def _sim_run_again(tmp_path, sim_cluster, sample_image):
+    from .conftest import read_run, write_config
+
+    dataset = write_dataset(tmp_path / "data2", simple_rows(3, sample_image))
+    out = tmp_path / "next"
+    config = write_config(tmp_path / "next.yaml", name="next", dataset={"path": str(dataset)}, output_dir=str(out),
+                          model={"type": "simulated", "path": "sim", "params": {"seconds": 0.05}},
+                          cluster={"broker": sim_cluster["url"], "devices": ["cpu", "cpu", "cpu"]},
+                          schedule={"mode": "sync"})
+    proc = run_cli("run", str(config))
+    return (proc, *read_run(out))

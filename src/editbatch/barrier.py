@@ -9,17 +9,22 @@ before every task of batch k finished.
 
 Each batch has two keys: a counter of finished tasks, and a list of start
 tokens, one per task of the next batch, pushed by whoever finishes last.
-Waiting is a blocking pop on that list (event-driven, always with a timeout).
+The counter decides; a token only wakes a waiter at once. Waiting is a
+blocking pop on the token list in short slices (see redisconn.py), with the
+counter checked between slices, so a wait of any length survives the
+client's socket timeout, a dropped connection or a lost token.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from redis import Redis
 
-TTL_S = 24 * 3600
+from . import redisconn
+from .keys import BARRIER_TTL_S
 
 # Count an arrival; the last arrival of the batch pushes one token per waiter of the next batch.
 _ARRIVE = """
@@ -52,11 +57,22 @@ class BatchBarrier:
 
     def arrive(self, redis: Redis) -> int:
         """Record that one task of this batch finished (ok or not); returns how many have."""
-        return int(redis.eval(_ARRIVE, 2, self.arrived_key, self.open_key, self.parties, self.waiters, TTL_S))
+        return int(redis.eval(_ARRIVE, 2, self.arrived_key, self.open_key, self.parties, self.waiters,
+                              BARRIER_TTL_S))
 
-    def wait(self, redis: Redis, timeout_s: float) -> bool:
-        """Block until the batch is done (True) or `timeout_s` passes (False)."""
-        return redis.blpop([self.open_key], timeout=max(0.001, timeout_s)) is not None
+    def is_open(self, redis: Redis) -> bool:
+        return int(redis.get(self.arrived_key) or 0) >= self.parties
+
+    def wait(self, redis: Redis, timeout_s: float, *, stop: Callable[[], bool] | None = None) -> bool:
+        """Block until the batch is done (True), or `timeout_s` passes or `stop()` turns true (False)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if redisconn.retrying(lambda: self.is_open(redis), max(0.0, deadline - time.monotonic())):
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0 or (stop is not None and stop()):
+                return False
+            redisconn.blpop(redis, [self.open_key], min(left, redisconn.BLOCK_SLICE_S))
 
     def to_dict(self) -> dict[str, Any]:
         return {"prefix": self.prefix, "batch": self.batch, "parties": self.parties, "waiters": self.waiters}

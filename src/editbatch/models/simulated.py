@@ -4,10 +4,14 @@ Each edit sleeps ``seconds x device_speed[slot] x U(1 - jitter, 1 + jitter)``
 (the jitter drawn from the item's seed, so it is the same whichever worker
 runs the item) and writes a tiny image whose colour comes from the seed.
 ``fail_ids`` lists item ids whose edit raises, to rehearse failures.
+``call_log`` names a file that gets one JSON line per model call (item id,
+seed, pid, start time), so tests can count what was computed, and when.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import time
 
@@ -26,6 +30,8 @@ class SimulatedModel(EditModel):
 
     def edit(self, request: EditRequest) -> EditResult:
         params = request.params
+        if params.get("call_log"):
+            _log_call(params["call_log"], request, self.device.queue)
         if request.item_id in set(params.get("fail_ids") or ()):
             raise RuntimeError(f"simulated failure for item {request.item_id!r}")
         speeds = params.get("device_speed") or []
@@ -38,3 +44,14 @@ class SimulatedModel(EditModel):
         size = int(params.get("size", 16))
         return EditResult(Image.new("RGB", (size, size), colour),
                           {"work_s": work, "output_size": [size, size], "size_policy": "fixed"})
+
+
+def _log_call(path: str, request: EditRequest, device: str) -> None:
+    line = json.dumps({"id": request.item_id, "seed": request.seed, "device": device, "pid": os.getpid(),
+                       "t": time.time()}) + "\n"
+    # One short O_APPEND write per call: lines from several workers never interleave.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)

@@ -12,6 +12,8 @@ from typing import Any
 
 from redis import Redis
 
+from .. import redisconn
+
 DRAIN = 1000
 
 
@@ -22,11 +24,14 @@ class ResultInbox:
 
     def get(self, timeout_s: float) -> list[dict[str, Any]]:
         """Results that arrived, waiting at most `timeout_s` for the first one."""
-        first = self.redis.blpop([self.key], timeout=max(0.001, timeout_s))
+        first = redisconn.blpop(self.redis, [self.key], timeout_s)
         if first is None:
             return []
         raw = [first[1]]
-        more = self.redis.lpop(self.key, DRAIN)
+        try:
+            more = self.redis.lpop(self.key, DRAIN)
+        except redisconn.TRANSIENT:
+            more = None  # still in the list: read on the next call
         if more:
             raw.extend(more)
         return [json.loads(r) for r in raw]

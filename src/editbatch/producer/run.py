@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 from redis import Redis
 
+from .. import keys, redisconn
 from ..barrier import BatchBarrier
 from ..celery_app import make_app
 from ..config import RunConfig, dump_config
@@ -107,7 +108,7 @@ def _announce(progress: Progress, config: RunConfig, items: list[Item], valid: l
 def _run(config: RunConfig, items: list[Item], out_dir: Path, broker: str, check_alive, stream) -> RunResult:
     devices = [d.queue for d in config.devices]
     ns = config.cluster.namespace
-    redis = Redis.from_url(broker, socket_keepalive=True, health_check_interval=30)
+    redis = redisconn.connect(broker)
     model_id = {"type": config.model.type, "path": config.model.path}
     _await_workers(config, redis, out_dir, check_alive, Progress(config.schedule.mode, 0, devices, stream=stream).say)
 
@@ -129,11 +130,12 @@ def _run(config: RunConfig, items: list[Item], out_dir: Path, broker: str, check
     _announce(progress, config, items, valid)
 
     run_id = uuid.uuid4().hex[:12]
-    inbox = ResultInbox(redis, f"{ns}:run:{run_id}:results")
+    redis.set(keys.run_state(ns, run_id), "running", ex=keys.RUN_STATE_TTL_S)
+    inbox = ResultInbox(redis, keys.results(ns, run_id))
     policy = policy_factory(lookahead=1 if worker_barrier else 0)
 
     def barrier(batch: int) -> BatchBarrier:
-        return BatchBarrier(f"{ns}:run:{run_id}:barrier", batch, policy.batch_size(batch), policy.batch_size(batch + 1))
+        return BatchBarrier(keys.barrier_prefix(ns, run_id), batch, policy.batch_size(batch), policy.batch_size(batch + 1))
 
     manifest = Manifest(out_dir)
     for item in items:
@@ -194,7 +196,7 @@ def _run(config: RunConfig, items: list[Item], out_dir: Path, broker: str, check
                 if valid[ordinal].index not in manifest.records:
                     on_result(ordinal, {"status": "failed", "error": "run interrupted before this item was sent"})
         ordered = manifest.finalize()
-        _forget_run(redis, f"{ns}:run:{run_id}:")
+        _end_run(redis, ns, run_id)
         redis.close()
         summary = summarize(ordered, mode=sched.mode, devices=devices,
                             ordinal_of={i.index: k for k, i in enumerate(valid)}, dispatch_started_at=started,
@@ -216,11 +218,15 @@ def _run(config: RunConfig, items: list[Item], out_dir: Path, broker: str, check
     return RunResult(code, out_dir, summary)
 
 
-def _forget_run(redis: Redis, prefix: str) -> None:
-    """Drop the run's inbox and barrier keys (they also expire on their own, so a failure here is harmless)."""
+def _end_run(redis: Redis, namespace: str, run_id: str) -> None:
+    """Mark the run ended (workers skip its leftover tasks) and drop its inbox and barrier keys.
+
+    Both also expire on their own, so a failure here is harmless.
+    """
     try:
-        keys = list(redis.scan_iter(match=prefix + "*", count=1000))
-        if keys:
-            redis.delete(*keys)
+        redis.set(keys.run_state(namespace, run_id), "ended", ex=keys.RUN_STATE_TTL_S)
+        found = list(redis.scan_iter(match=keys.run_prefix(namespace, run_id) + "*", count=1000))
+        if found:
+            redis.delete(*found)
     except Exception:  # noqa: BLE001 - the broker may be what failed; the run's files come first
         pass

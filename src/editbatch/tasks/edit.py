@@ -23,6 +23,9 @@ log = get_task_logger("editbatch.task")
 def edit(payload: dict) -> dict:
     task = EditTask.from_payload(payload)
     rt = runtime.current()
+    if rt.run_ended(task.run):
+        log.info("%s: %s skipped: run %s has ended", rt.device.queue, task.id, task.run)
+        return {"id": task.id, "index": task.index, "status": "skipped", "run": task.run}
     result = {"id": task.id, "index": task.index, "batch": task.batch, "seed": task.seed,
               "submitted_at": task.submitted_at, **rt.identity,
               "status": "failed", "output": None, "error": None, "info": {}, "work_s": None,
@@ -59,7 +62,9 @@ def _wait_for_previous_batch(task: EditTask, rt: "runtime.WorkerRuntime") -> Non
     if not task.wait_for:
         return
     timeout = task.wait_timeout_s or 3600.0
-    if not _barrier(task.wait_for, rt).wait(rt.redis, timeout):
+    if not _barrier(task.wait_for, rt).wait(rt.redis, timeout, stop=lambda: rt.run_ended(task.run)):
+        if rt.run_ended(task.run):
+            raise RuntimeError(f"run {task.run} ended while this item waited for batch {task.wait_for['batch']}")
         raise TimeoutError(f"batch {task.wait_for['batch']} did not finish within {timeout:g}s; not started")
 
 

@@ -15,6 +15,8 @@ from typing import Iterator
 
 from redis import Redis
 
+from .. import keys, redisconn
+
 # Delete the key only if we still own it (never free someone else's slot).
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end return 0"
@@ -23,15 +25,18 @@ _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expir
 class LoadSlots:
     def __init__(self, redis: Redis, namespace: str, concurrency: int, *, lease_s: int = 60):
         self.redis = redis
-        self.keys = [f"{namespace}:load-slot:{i}" for i in range(max(1, concurrency))]
+        self.keys = [keys.load_slot(namespace, i) for i in range(max(1, concurrency))]
         self.lease_s = lease_s
 
     def acquire(self, owner: str, *, poll_s: float = 0.1, timeout_s: float | None = None) -> str:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             for key in self.keys:
-                if self.redis.set(key, owner, nx=True, ex=self.lease_s):
-                    return key
+                try:
+                    if self.redis.set(key, owner, nx=True, ex=self.lease_s):
+                        return key
+                except redisconn.TRANSIENT:
+                    break  # Redis restarting: wait like for a busy slot
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"no model-load slot free after {timeout_s:.0f}s")
             time.sleep(poll_s)

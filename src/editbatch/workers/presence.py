@@ -14,18 +14,15 @@ from typing import Any
 
 from redis import Redis
 
-TTL_S = 10
-BEAT_S = 3
-
-
-def worker_key(namespace: str, queue: str) -> str:
-    return f"{namespace}:worker:{queue}"
+from .. import keys
+from ..keys import PRESENCE_BEAT_S as BEAT_S
+from ..keys import PRESENCE_TTL_S as TTL_S
 
 
 class Presence:
     def __init__(self, redis: Redis, namespace: str, queue: str):
         self.redis = redis
-        self.key = worker_key(namespace, queue)
+        self.key = keys.worker(namespace, queue)
         self.record: dict[str, Any] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -54,5 +51,5 @@ class Presence:
 
 
 def read_workers(redis: Redis, namespace: str, queues: list[str]) -> dict[str, dict[str, Any] | None]:
-    values = redis.mget([worker_key(namespace, q) for q in queues]) if queues else []
+    values = redis.mget([keys.worker(namespace, q) for q in queues]) if queues else []
     return {q: (json.loads(v) if v else None) for q, v in zip(queues, values)}

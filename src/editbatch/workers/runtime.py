@@ -16,6 +16,7 @@ from typing import Any
 
 from redis import Redis
 
+from .. import keys, redisconn
 from ..config import ClusterConfig, ModelConfig, load_config
 from ..devices import Device, parse_device
 from ..models.base import EditModel
@@ -49,14 +50,29 @@ class WorkerRuntime:
         if not key.startswith(f"{self.cluster.namespace}:run:"):
             raise ValueError(f"key {key!r} is outside namespace {self.cluster.namespace!r}")
 
+    def run_ended(self, run_id: str | None) -> bool:
+        """True once the producer of `run_id` has finished, failed or been interrupted.
+
+        Tasks of such a run still queued here (an interrupted run, a test
+        that timed out) are skipped, so they never delay or disturb the next run.
+        """
+        if not run_id or not keys.RUN_ID.match(run_id):
+            return False
+        state = redisconn.retrying(lambda: self.redis.get(keys.run_state(self.cluster.namespace, run_id)), 60.0)
+        return state in (b"ended", b"cancelled")
+
     def report(self, key: str, result: dict[str, Any]) -> None:
         import json
 
         self.check_key(key)
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.rpush(key, json.dumps(result))
-            pipe.expire(key, 24 * 3600)  # nobody reading (producer gone): Redis forgets it
-            pipe.execute()
+
+        def push() -> None:
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.rpush(key, json.dumps(result))
+                pipe.expire(key, keys.RESULT_TTL_S)  # nobody reading (producer gone): Redis forgets it
+                pipe.execute()
+
+        redisconn.retrying(push, 60.0)
 
 
 _current: WorkerRuntime | None = None
@@ -73,7 +89,7 @@ def start(broker_url: str, device_spec: str, config_path: str | Path) -> WorkerR
     global _current
     config = load_config(config_path, check_dataset=False)
     device = parse_device(device_spec)
-    redis = Redis.from_url(broker_url, socket_keepalive=True, health_check_interval=30)
+    redis = redisconn.connect(broker_url)
     host = socket.gethostname()
     name = f"{device.queue}@{host}"
     presence = Presence(redis, config.cluster.namespace, device.queue)

@@ -1,0 +1,47 @@
+"""Every Redis key editbatch uses, and how long each lives, in one place.
+
+All keys start with the cluster's namespace, so several teams or test
+sessions can share one Redis. Workers only ever write run keys that start
+with ``<namespace>:run:`` (see `WorkerRuntime.check_key`), whatever a task
+payload says.
+"""
+
+from __future__ import annotations
+
+import re
+
+DAY_S = 24 * 3600
+RESULT_TTL_S = DAY_S  # a result nobody read (producer gone) is forgotten after this
+BARRIER_TTL_S = DAY_S
+RUN_STATE_TTL_S = 30 * DAY_S  # longer than any run: a late task must still find "ended"
+PRESENCE_TTL_S = 10  # a worker record lives this long without a heartbeat
+PRESENCE_BEAT_S = 3
+
+RUN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def worker(namespace: str, queue: str) -> str:
+    """The presence record of the worker serving `queue`."""
+    return f"{namespace}:worker:{queue}"
+
+
+def load_slot(namespace: str, slot: int) -> str:
+    return f"{namespace}:load-slot:{slot}"
+
+
+def run_prefix(namespace: str, run_id: str) -> str:
+    """Keys of one run that workers may write (results, barrier); dropped when the run ends."""
+    return f"{namespace}:run:{run_id}:"
+
+
+def results(namespace: str, run_id: str) -> str:
+    return run_prefix(namespace, run_id) + "results"
+
+
+def barrier_prefix(namespace: str, run_id: str) -> str:
+    return run_prefix(namespace, run_id) + "barrier"
+
+
+def run_state(namespace: str, run_id: str) -> str:
+    """`running`, `ended` or `cancelled`; kept after the run so that late tasks of it are skipped."""
+    return f"{namespace}:run-state:{run_id}"

@@ -1,0 +1,73 @@
+"""Redis clients for editbatch's own keys, and blocking waits of any length.
+
+redis-py (8.x) gives every client a 5 s socket timeout unless told
+otherwise, and does not stretch it for blocking commands: a BLPOP asked to
+wait 30 s dies with "Timeout reading from socket" after 5. So clients are
+built here with explicit timeouts, and every blocking call waits in slices
+well under the socket timeout until its own deadline. A dropped connection
+during a wait is retried until that deadline instead of failing the caller.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from redis import Redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+SOCKET_TIMEOUT_S = 20.0  # one command's reply, never a blocking wait (those use slices)
+CONNECT_TIMEOUT_S = 5.0
+HEALTH_CHECK_S = 10  # ping a connection idle this long before reusing it
+BLOCK_SLICE_S = 2.0  # longest single BLPOP; well under SOCKET_TIMEOUT_S
+RETRY_PAUSE_S = 0.5
+
+TRANSIENT = (RedisConnectionError, RedisTimeoutError)
+
+
+def connect(url: str) -> Redis:
+    """A client with explicit timeouts and a few quick reconnects per command."""
+    return Redis.from_url(
+        url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_keepalive=True,
+        health_check_interval=HEALTH_CHECK_S,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError])
+
+
+def blpop(redis: Redis, keys: list[str], timeout_s: float, *,
+          stop: Callable[[], bool] | None = None) -> tuple[bytes, bytes] | None:
+    """BLPOP for up to `timeout_s` seconds in total, whatever the socket timeout.
+
+    Returns (key, value), or None at the deadline or when `stop()` turns
+    true (checked between slices). Connection errors are retried until the
+    deadline: a Redis restart during a long wait is survived.
+    """
+    deadline = time.monotonic() + max(0.0, timeout_s)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        try:
+            got = redis.blpop(keys, timeout=max(0.001, min(left, BLOCK_SLICE_S)))
+        except TRANSIENT:
+            time.sleep(min(RETRY_PAUSE_S, max(0.0, deadline - time.monotonic())))
+            continue
+        if got is not None:
+            return got
+        if stop is not None and stop():
+            return None
+
+
+def retrying(call: Callable[[], object], timeout_s: float) -> object:
+    """Run `call`, retrying connection errors for up to `timeout_s` seconds, then raising the last one."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return call()
+        except TRANSIENT:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(RETRY_PAUSE_S)
