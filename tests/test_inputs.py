@@ -125,7 +125,7 @@ def test_configured_roots_are_checked_before_the_run(tmp_path, sample_image):
     assert proc.returncode == 1 and "is outside cluster.input_roots" in proc.stdout
     path = config_for(tmp_path, dataset, tmp_path / "out", output_roots=["/"])
     proc = run_cli("validate", str(path))
-    assert proc.returncode == 2 and "cluster.output_roots" in proc.stderr and "confines nothing" in proc.stderr
+    assert proc.returncode == 2 and "cluster.output_roots" in proc.stderr and "system folders" in proc.stderr
 
 
 # ---------------------------------------------------------------- decompression bombs

@@ -94,12 +94,13 @@ class ClusterConfig(_Strict):
 
     @field_validator("output_roots", "input_roots")
     @classmethod
-    def _roots(cls, value: list[Path]) -> list[Path]:
+    def _roots(cls, value: list[Path], info) -> list[Path]:
         for root in value:
-            if os.path.realpath(root) == os.path.realpath("/"):
-                raise ValueError("'/' confines nothing: list the folders themselves")
+            # Writing into system folders is never needed; reading anywhere ('/' in input_roots) is an explicit choice.
+            if info.field_name == "output_roots" and refused_output_dir(root):
+                raise ValueError(f"{root} would let workers write into system folders: list the run folders")
             if os.path.exists(root) and not os.path.isdir(root):
-                raise ValueError(f"{root} is not a folder")
+                raise ValueError(f"{root} is a file, not a folder")
         return value
 
     @field_validator("devices")
