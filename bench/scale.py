@@ -50,7 +50,8 @@ def main(argv=None) -> int:
                 "output_dir": str(root / f"run-{mode}"),
                 "model": {"type": "simulated", "path": "scale", "params": {"seconds": 0.0, "size": 1}},
                 "cluster": {"broker": broker, "devices": ["cpu"] * args.devices, "prefetch": args.prefetch,
-                            "task_events": not args.no_events},
+                            "task_events": not args.no_events,
+                            "output_roots": [str(root)], "input_roots": [str(root)]},
                 "schedule": {"mode": mode, "task_timeout_s": 120},
             }, "scale")
 

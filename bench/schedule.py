@@ -81,7 +81,8 @@ def make_config(root: Path, args, speeds, broker: str, mode: str, tag: str):
         "name": f"bench-{mode}", "dataset": {"path": str(dataset)}, "output_dir": str(root / f"run-{tag}"),
         "model": {"type": "simulated", "path": "bench",
                   "params": {"seconds": args.seconds, "jitter": args.jitter, "device_speed": speeds}},
-        "cluster": {"broker": broker, "devices": ["cpu"] * args.devices, "prefetch": args.prefetch},
+        "cluster": {"broker": broker, "devices": ["cpu"] * args.devices, "prefetch": args.prefetch,
+                    "output_roots": [str(root)], "input_roots": [str(root)]},  # one worker set, many run folders
         "schedule": {"mode": mode, "max_skew": args.max_skew, "barrier": args.barrier},
     }
     return validate_config(data, "bench")

@@ -137,7 +137,7 @@ def _cmd_worker(args, parser) -> int:
 
         fd, tmp = tempfile.mkstemp(prefix="editbatch-worker-", suffix=".yaml")
         with os.fdopen(fd, "w") as fh:
-            fh.write(dump_config(config))
+            fh.write(dump_config(config, redact=True))  # the broker URL travels in EDITBATCH_BROKER
         atexit.register(os.unlink, tmp)
         path = tmp
     os.environ.update(EDITBATCH_DEVICE=device.spec, EDITBATCH_CONFIG=os.path.abspath(path), EDITBATCH_BROKER=broker)

@@ -9,6 +9,7 @@ enable_batch_sync}}``) is translated to this schema before validation.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -19,9 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .devices import Device, expand_devices
 from .errors import ConfigError
 from .models.registry import canonical_name, model_names
+from .output_folder import missing_parent_problem, refused_output_dir
 
 MODES = ("sync", "nosync", "balanced", "window")
 SEED_MODEL_PATH = "Qwen/Qwen-Image-Edit"
+# 100 megapixels: an 8192x8192 or 10000x10000 input passes; decoded as RGB it is
+# 300 MB, so a tiny compressed "bomb" cannot make a worker allocate gigabytes.
+DEFAULT_MAX_PIXELS = 100_000_000
 
 
 class _Strict(BaseModel):
@@ -32,6 +37,8 @@ class DatasetConfig(_Strict):
     path: Path
     format: Literal["auto", "jsonl", "csv"] = "auto"
     limit: int | None = Field(default=None, ge=1, description="use only the first N items")
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1, description="larger images are invalid, never decoded "
+                                                                         "(width x height, read from the header)")
 
 
 class LoraConfig(_Strict):
@@ -73,12 +80,27 @@ class ClusterConfig(_Strict):
     prefetch: int = Field(default=1, ge=1, le=8, description="tasks a worker holds: 1 running + (prefetch-1) waiting")
     ready_timeout_s: float = Field(default=1800.0, gt=0, description="how long the producer waits for every worker")
     namespace: str = Field(default="editbatch", pattern=r"^[A-Za-z0-9_.-]+$")
+    output_roots: list[Path] = Field(default_factory=list, description="folders a worker may write under "
+                                                                       "(empty: output_dir)")
+    input_roots: list[Path] = Field(default_factory=list, description="folders a worker may read images from "
+                                                                      "(empty: the dataset's folders)")
 
     @field_validator("broker")
     @classmethod
     def _broker_url(cls, value: str) -> str:
         if value != "auto" and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be 'auto' or a redis:// URL")
+        return value
+
+    @field_validator("output_roots", "input_roots")
+    @classmethod
+    def _roots(cls, value: list[Path], info) -> list[Path]:
+        for root in value:
+            # Writing into system folders is never needed; reading anywhere ('/' in input_roots) is an explicit choice.
+            if info.field_name == "output_roots" and refused_output_dir(root):
+                raise ValueError(f"{root} would let workers write into system folders: list the run folders")
+            if os.path.exists(root) and not os.path.isdir(root):
+                raise ValueError(f"{root} is a file, not a folder")
         return value
 
     @field_validator("devices")
@@ -109,6 +131,14 @@ class RunConfig(_Strict):
     model: ModelConfig
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+
+    @field_validator("output_dir")
+    @classmethod
+    def _writable_place(cls, value: Path) -> Path:
+        problem = refused_output_dir(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _speeds_match_devices(self) -> "RunConfig":
@@ -153,6 +183,10 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *
     config = validate_config(data, source)
     if check_dataset and not config.dataset.path.is_file():
         raise ConfigError(source, "dataset.path", f"dataset file not found: {config.dataset.path}")
+    if check_dataset:  # a run or validate: the output folder must be possible (workers only read this file)
+        problem = missing_parent_problem(config.output_dir)
+        if problem:
+            raise ConfigError(source, "output_dir", problem)
     return config
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import DEFAULT_MAX_PIXELS
 from .errors import ConfigError
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -54,7 +55,9 @@ def load_dataset(path: Path, fmt: str = "auto", limit: int | None = None, *, sou
     if fmt == "auto":
         fmt = "csv" if path.suffix.lower() == ".csv" else "jsonl"
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark that would otherwise
+        # become part of the first column's name, and the `id` column would be lost.
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ConfigError(source, "dataset.path", f"dataset file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -111,11 +114,13 @@ def _item(index: int, row: dict[str, Any] | str, base: Path) -> Item:
     return Item(index, item_id, [(base / p) for p in paths], instruction, category and str(category), extra, error)
 
 
-def check_items(items: list[Item], *, max_images: int = 1, decode: bool = True) -> list[Item]:
+def check_items(items: list[Item], *, max_images: int = 1, decode: bool = True,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Item]:
     """Mark bad items invalid (in place) and return them all.
 
     Checks: empty instruction, duplicate id (the later one is invalid), too
-    many images for the model, missing, empty or undecodable image files.
+    many images for the model, missing, empty, undecodable or too large
+    (over `max_pixels`, read from the header) image files.
     Non-RGB images are fine: workers convert them.
     """
     seen: set[str] = set()
@@ -134,14 +139,14 @@ def check_items(items: list[Item], *, max_images: int = 1, decode: bool = True) 
         else:
             for image in item.images:
                 if image not in checked:
-                    checked[image] = _image_problem(image, decode)
+                    checked[image] = _image_problem(image, decode, max_pixels)
                 if checked[image]:
                     item.error = checked[image]
                     break
     return items
 
 
-def _image_problem(path: Path, decode: bool) -> str | None:
+def _image_problem(path: Path, decode: bool, max_pixels: int) -> str | None:
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -152,11 +157,15 @@ def _image_problem(path: Path, decode: bool) -> str | None:
         return f"image file is empty: {path}"
     if not decode:
         return None
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
+
+    from .imageio import ImageTooLarge, open_limited
 
     try:
-        with Image.open(path) as img:
+        with open_limited(path, max_pixels) as img:
             img.verify()
+    except ImageTooLarge as exc:
+        return str(exc)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         return f"image cannot be decoded: {path} ({exc.__class__.__name__}: {exc})"
     return None

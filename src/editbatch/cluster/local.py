@@ -24,7 +24,7 @@ class LocalCluster:
         self.config_path = config_path
         self.devices = devices
         self.log_dir = log_dir
-        self.redis = RedisServer()
+        self.redis = RedisServer(log_dir)  # its log beside the workers' logs; nothing in the temp folder
         self.workers: dict[str, subprocess.Popen] = {}
 
     def start(self) -> str:

@@ -39,26 +39,35 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self) -> None:
+    """`workdir` holds redis.log (Redis writes nothing else: no snapshots, no append-only file).
+
+    A run passes its own logs folder, so a producer killed outright (SIGKILL:
+    no cleanup code runs) leaves nothing in the temp directory; without one,
+    a temporary folder is used and removed by `stop()`.
+    """
+
+    def __init__(self, workdir: Path | None = None) -> None:
         self.password = secrets.token_urlsafe(24)
         self.port = 0
         self.process: subprocess.Popen | None = None
-        self._dir = tempfile.TemporaryDirectory(prefix="editbatch-redis-")
+        self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="editbatch-redis-")
+        self.workdir = Path(workdir) if workdir else Path(self._tmp.name)
 
     @property
     def url(self) -> str:
         return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> str:
+        self.workdir.mkdir(parents=True, exist_ok=True)
         for _ in range(3):  # a port taken between probing and binding: try another
             self.port = free_port()
             # The password goes in through stdin, never on the command line (visible in ps).
             args = [redis_server_binary(), "-"]
             conf = "\n".join([
                 f"port {self.port}", "bind 127.0.0.1", f"requirepass {self.password}", 'save ""',
-                "appendonly no", f"dir {self._dir.name}", "loglevel warning", "protected-mode yes",
+                "appendonly no", f"dir {self.workdir}", "loglevel warning", "protected-mode yes",
             ]) + "\n"
-            self._log = open(Path(self._dir.name) / "redis.log", "wb")
+            self._log = open(self.workdir / "redis.log", "wb")
             self.process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=self._log,
                                             stderr=subprocess.STDOUT, preexec_fn=child_preexec)
             self.process.stdin.write(conf.encode())
@@ -66,8 +75,8 @@ class RedisServer:
             if self._wait_ready(timeout_s):
                 return self.url
             self._terminate()
-        said = (Path(self._dir.name) / "redis.log").read_text(errors="replace").strip().splitlines()
-        self._dir.cleanup()
+        said = (self.workdir / "redis.log").read_text(errors="replace").strip().splitlines()
+        self._cleanup()
         raise ClusterError("could not start a private redis-server" + (f": {said[-1]}" if said else ""))
 
     def _wait_ready(self, timeout_s: float) -> bool:
@@ -96,4 +105,8 @@ class RedisServer:
 
     def stop(self) -> None:
         self._terminate()
-        self._dir.cleanup()
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()

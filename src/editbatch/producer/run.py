@@ -25,6 +25,7 @@ from ..dataset import Item, check_items, load_dataset
 from ..devices import SHARED_QUEUE
 from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, ConfigError
 from ..models.registry import get_model_class
+from ..output_folder import create_output_dir
 from ..scheduling import Assignment, make_policy
 from ..scheduling.policies import batch_count, batch_size
 from ..seeding import item_seed
@@ -34,6 +35,7 @@ from .inbox import ResultInbox
 from .outputs import Manifest, manifest_record, write_json
 from .progress import Progress
 from ..workers.presence import read_workers
+from ..workers.roots import check_run_paths, with_worker_roots
 from .readiness import wait_for_workers
 from .submit import Submitter
 from .summary import summarize
@@ -49,7 +51,8 @@ class RunResult:
 def prepare_items(config: RunConfig, source: str, *, strict: bool) -> list[Item]:
     model_cls = get_model_class(config.model.type)
     items = load_dataset(config.dataset.path, config.dataset.format, config.dataset.limit, source=source)
-    check_items(items, max_images=model_cls.max_images)
+    check_items(items, max_images=model_cls.max_images, max_pixels=config.dataset.max_pixels)
+    check_run_paths(config, items, source)
     bad = [i for i in items if not i.valid]
     if strict and bad:
         listing = "; ".join(f"{i.id}: {i.error}" for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
@@ -59,14 +62,16 @@ def prepare_items(config: RunConfig, source: str, *, strict: bool) -> list[Item]
 
 def execute(config: RunConfig, *, source: str, strict: bool = False, stream: TextIO | None = None) -> RunResult:
     items = prepare_items(config, source, strict=strict)
-    out_dir = config.output_dir.resolve()
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    out_dir = create_output_dir(config.output_dir, source)
     resolved = out_dir / "config.resolved.yaml"
-    resolved.write_text(dump_config(config, redact=True), encoding="utf-8")
+    private = config.cluster.broker == "auto"
+    # Private workers read this file: it carries their roots (the run's folder and its inputs).
+    written = with_worker_roots(config, out_dir, items) if private else config
+    resolved.write_text(dump_config(written, redact=True), encoding="utf-8")
 
     with contextlib.ExitStack() as stack:
         check_alive = None
-        if config.cluster.broker == "auto":
+        if private:
             from ..cluster.local import LocalCluster
 
             cluster = stack.enter_context(LocalCluster(resolved, config.devices, out_dir / "logs"))

@@ -14,6 +14,7 @@ from ..dataset import output_name
 from ..imageio import load_rgb, save_png
 from ..models.base import EditRequest
 from ..workers import runtime
+from ..workers.roots import confine
 from .contract import TASK_NAME, EditTask
 
 log = get_task_logger("editbatch.task")
@@ -74,8 +75,11 @@ def _run(task: EditTask, rt: "runtime.WorkerRuntime", result: dict) -> None:
     if wanted and (wanted.get("type") != loaded.type or wanted.get("path", loaded.path) != loaded.path):
         raise RuntimeError(f"this worker serves {loaded.type} ({loaded.path}), the task asks for "
                            f"{wanted.get('type')} ({wanted.get('path')})")
+    relative = f"images/{output_name(task.id)}"
+    target = Path(task.output_dir) / relative
+    confine(task.images, target, rt.roots)
     model = rt.model
-    images = [load_rgb(p) for p in task.images] if model.reads_images else []
+    images = [load_rgb(p, rt.max_pixels) for p in task.images] if model.reads_images else []
     params = {**loaded.params, **task.params}
     request = EditRequest(task.id, images, task.instruction, task.seed, params)
     result["started_at"] = time.time()
@@ -83,7 +87,6 @@ def _run(task: EditTask, rt: "runtime.WorkerRuntime", result: dict) -> None:
         out = model.edit(request)
     finally:
         result["finished_at"] = time.time()
-    relative = f"images/{output_name(task.id)}"
-    save_png(out.image, Path(task.output_dir) / relative)
+    save_png(out.image, target)
     info = dict(out.info)
     result.update(status="ok", output=relative, work_s=info.pop("work_s", None), info=info)

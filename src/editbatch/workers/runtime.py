@@ -23,6 +23,7 @@ from ..models.base import EditModel
 from ..models.registry import get_model_class
 from .loading import LoadSlots
 from .presence import Presence
+from .roots import Roots, roots_for
 
 log = logging.getLogger("editbatch.worker")
 
@@ -40,6 +41,8 @@ class WorkerRuntime:
     name: str
     load_started_at: float = 0.0
     load_finished_at: float = 0.0
+    roots: Roots = Roots((), ())  # where tasks may read and write (see roots.py)
+    max_pixels: int = 0  # inputs above this many pixels are refused undecoded
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -120,8 +123,10 @@ def start(broker_url: str, device_spec: str, config_path: str | Path) -> WorkerR
         presence.publish(state="failed", error=f"{exc.__class__.__name__}: {exc}")
         raise
     log.info("%s: model loaded in %.2fs", name, finished - started)
+    roots = roots_for(config)
+    log.info("%s: reads images under %s; writes under %s", name, ", ".join(roots.inputs), ", ".join(roots.outputs))
     _current = WorkerRuntime(device, config.model, config.cluster, model, redis, presence, host, os.getpid(), name,
-                             started, finished)
+                             started, finished, roots, config.dataset.max_pixels)
     presence.publish(load_finished_at=finished)
     return _current
 
