@@ -74,9 +74,9 @@ def test_load_slot_held_longer_than_the_socket_timeout(redis_url):
     got = {}
 
     def take():
-        key = waiter.acquire("second", timeout_s=60)
+        lease = waiter.acquire("second", timeout_s=60)
         got["at"] = time.monotonic()
-        waiter.release(key, "second")
+        lease.release()
 
     with holder.hold("first"):
         taker = threading.Thread(target=take, daemon=True)

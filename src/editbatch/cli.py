@@ -29,6 +29,13 @@ def _config_path(args: argparse.Namespace, parser: argparse.ArgumentParser) -> s
     return path
 
 
+def _add_folder_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true",
+                   help="the output folder holds this run already: reuse every item done, run the rest")
+    p.add_argument("--overwrite", action="store_true", help="delete an earlier run's files in the output folder")
+    p.add_argument("--force", action="store_true", help="with --resume: even if the model, seed or dataset changed")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="editbatch", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -36,6 +43,21 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a config: start or reach the workers, edit every item, write the outputs")
     _add_config(run)
     run.add_argument("--strict", action="store_true", help="any invalid dataset item is an error before anything runs")
+    _add_folder_options(run)
+
+    resume = sub.add_parser("resume", help="finish a run in OUTPUT_DIR: reuse every item done, run the rest")
+    resume.add_argument("output_dir")
+    resume.add_argument("--broker", default=None, help="redis URL, for runs on an external broker "
+                                                      "(default: EDITBATCH_BROKER; the folder never stores it)")
+    resume.add_argument("--force", action="store_true", help="resume even if the model, seed or dataset changed")
+
+    retry = sub.add_parser("retry", help="run only the failed items of the finished run in OUTPUT_DIR")
+    retry.add_argument("output_dir")
+    retry.add_argument("--broker", default=None, help="redis URL, for runs on an external broker")
+
+    cancel = sub.add_parser("cancel", help="cancel the run writing to OUTPUT_DIR; finished items are kept")
+    cancel.add_argument("output_dir")
+    cancel.add_argument("--broker", default=None, help="redis URL of the run's broker (default: EDITBATCH_BROKER)")
 
     worker = sub.add_parser("worker", help="start one worker bound to one device (and its queue)")
     _add_config(worker)
@@ -59,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _cmd_run(args, parser)
+        if args.command in ("resume", "retry"):
+            return _cmd_resume(args)
+        if args.command == "cancel":
+            return _cmd_cancel(args)
         if args.command == "worker":
             return _cmd_worker(args, parser)
         if args.command == "validate":
@@ -90,9 +116,48 @@ def _cmd_run(args, parser) -> int:
     from .config import load_config
     from .producer.run import execute
 
+    from .producer.run import RunOptions
+
     path = _config_path(args, parser)
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite exclude each other")
     config = load_config(path, args.overrides)
-    return execute(config, source=path, strict=args.strict).exit_code
+    options = RunOptions(strict=args.strict, resume=args.resume, overwrite=args.overwrite, force=args.force)
+    return execute(config, source=path, options=options).exit_code
+
+
+def _cmd_resume(args) -> int:
+    """`resume DIR` and `retry DIR`: the folder's own config, with --resume."""
+    from pathlib import Path
+
+    from .config import load_config
+    from .producer.run import RunOptions, execute
+
+    folder = Path(args.output_dir)
+    resolved = folder / "config.resolved.yaml"
+    if not resolved.is_file():
+        raise ConfigError(str(folder), None, "no config.resolved.yaml here: not an editbatch output folder")
+    if args.command == "retry" and not (folder / "summary.json").is_file():
+        raise ConfigError(str(folder), None, "this run has not finished (no summary.json): use `editbatch resume`")
+    overrides = [f"output_dir={folder.resolve()}"]
+    broker = args.broker or os.environ.get("EDITBATCH_BROKER")
+    if broker:
+        overrides.append(f"cluster.broker={broker}")
+    config = load_config(resolved, overrides)
+    if "***" in config.cluster.broker:
+        raise ConfigError(str(resolved), "cluster.broker", "the run used an external broker whose password is "
+                                                           "not stored: pass --broker URL or set EDITBATCH_BROKER")
+    options = RunOptions(resume=True, force=getattr(args, "force", False))
+    return execute(config, source=str(resolved), options=options).exit_code
+
+
+def _cmd_cancel(args) -> int:
+    from pathlib import Path
+
+    from .producer.cancel import cancel_run
+
+    print(cancel_run(Path(args.output_dir), broker=args.broker or os.environ.get("EDITBATCH_BROKER")))
+    return 0
 
 
 def _cmd_validate(args, parser) -> int:

@@ -117,6 +117,8 @@ class ScheduleConfig(_Strict):
     mode: Literal["sync", "nosync", "balanced", "window"] = "sync"
     seed: int = 42
     task_timeout_s: float = Field(default=600.0, gt=0)
+    retries: int = Field(default=1, ge=0, le=10, description="extra attempts for an item that failed or was lost, "
+                                                             "on another device where the mode allows it")
     max_skew: int = Field(default=1, ge=0, description="window mode: batches the newest item may run ahead")
     max_in_flight: int = Field(default=4096, ge=1, description="tasks held in Redis at once (nosync/balanced)")
     barrier: Literal["worker", "producer"] = Field(

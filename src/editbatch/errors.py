@@ -5,6 +5,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_ITEMS_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 class EditBatchError(Exception):
@@ -30,3 +31,9 @@ class ClusterError(EditBatchError):
 
 class ModelLoadError(EditBatchError):
     """A model path does not exist or holds something other than expected."""
+
+
+class RunCancelled(EditBatchError):
+    """`editbatch cancel` (or Ctrl-C) stopped the run; what finished is kept (exit code 130)."""
+
+    exit_code = EXIT_INTERRUPTED

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
 from PIL import Image, ImageOps
+
+from .atomicfile import write_atomic
 
 
 _PIL_LIMIT = threading.Lock()
@@ -55,7 +56,9 @@ def load_rgb(path: str | Path, max_pixels: int) -> Image.Image:
 
 def save_png(image: Image.Image, path: Path) -> None:
     """Write atomically: a crash never leaves a truncated PNG under the final name."""
+    import io
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    image.save(tmp, format="PNG", compress_level=1)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    write_atomic(path, buffer.getvalue())

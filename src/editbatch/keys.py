@@ -45,3 +45,14 @@ def barrier_prefix(namespace: str, run_id: str) -> str:
 def run_state(namespace: str, run_id: str) -> str:
     """`running`, `ended` or `cancelled`; kept after the run so that late tasks of it are skipped."""
     return f"{namespace}:run-state:{run_id}"
+
+
+CLAIM_TTL_S = 30  # an item claim outlives a dead worker by at most this long
+
+
+def item_claim(namespace: str, output_dir: str, item_id: str) -> str:
+    """Held while one worker computes one item of one output folder, whichever run sent it."""
+    import hashlib
+
+    digest = hashlib.sha1(f"{output_dir}\0{item_id}".encode()).hexdigest()[:24]
+    return f"{namespace}:claim:{digest}"

@@ -61,13 +61,14 @@ def blpop(redis: Redis, keys: list[str], timeout_s: float, *,
             return None
 
 
-def retrying(call: Callable[[], object], timeout_s: float) -> object:
-    """Run `call`, retrying connection errors for up to `timeout_s` seconds, then raising the last one."""
+def retrying(call: Callable[[], object], timeout_s: float, *, stop: Callable[[], bool] | None = None) -> object:
+    """Run `call`, retrying connection errors for up to `timeout_s` seconds (or until `stop()`),
+    then raising the last one."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             return call()
         except TRANSIENT:
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or (stop is not None and stop()):
                 raise
             time.sleep(RETRY_PAUSE_S)

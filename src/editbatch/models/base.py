@@ -8,7 +8,7 @@ the task layer decodes images and writes outputs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -24,6 +24,12 @@ class EditRequest:
     instruction: str
     seed: int
     params: dict[str, Any] = field(default_factory=dict)  # model.params, already merged
+    # True once the item's run is cancelled: adapters that can stop mid-edit check it between steps.
+    should_stop: Callable[[], bool] | None = None
+
+
+class EditCancelled(RuntimeError):
+    """The run was cancelled while this item was being edited; no output is written."""
 
 
 @dataclass

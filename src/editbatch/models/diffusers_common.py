@@ -13,13 +13,14 @@ its call arguments are built (`call_kwargs`).
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ModelLoadError
-from .base import EditModel, EditRequest, EditResult
+from .base import EditCancelled, EditModel, EditRequest, EditResult
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -267,6 +268,7 @@ class DiffusersEditModel(EditModel):
     size_multiple: int = 16  # generated sides are multiples of this: VAE factor x latent_patch, set at load
 
     pipe: Any = None
+    stoppable: bool = False  # the pipeline takes callback_on_step_end: a cancelled run stops mid-edit
 
     def prepare(self) -> None:
         prepare_pipeline(self.config, pipeline_class=self.pipeline_class, tiny_family=self.tiny_family)
@@ -276,6 +278,7 @@ class DiffusersEditModel(EditModel):
             self.config, self.torch_device, pipeline_class=self.pipeline_class, tiny_family=self.tiny_family
         )
         check_call_params(self.pipe, self.config.params, strict=True)
+        self.stoppable = "callback_on_step_end" in inspect.signature(self.pipe.__call__).parameters
         self.size_multiple = getattr(self.pipe, "vae_scale_factor", 8) * self.latent_patch
 
     def generator(self, seed: int):
@@ -315,6 +318,8 @@ class DiffusersEditModel(EditModel):
         images = [im.convert("RGB") for im in request.images]
         kwargs = self.call_kwargs(images, params)
         kwargs.update(prompt=request.instruction, generator=self.generator(request.seed), output_type="pil")
+        if request.should_stop is not None and self.stoppable:
+            kwargs["callback_on_step_end"] = _stop_between_steps(request.should_stop)
         with torch.inference_mode():
             result = self.pipe(**kwargs).images[0]
         generated = result.size
@@ -339,3 +344,18 @@ class DiffusersEditModel(EditModel):
             info["pipeline"] = type(self.pipe).__name__
         info["offload"] = self.config.offload
         return info
+
+
+def _stop_between_steps(should_stop):
+    """A callback_on_step_end that ends the pipeline call once the run is cancelled.
+
+    Raising works for every pipeline, including those without an `_interrupt`
+    flag (InstructPix2Pix), and leaves no half-denoised image to be saved.
+    """
+
+    def callback(pipe, step, timestep, callback_kwargs):
+        if should_stop():
+            raise EditCancelled(f"run cancelled at denoising step {step + 1}")
+        return callback_kwargs
+
+    return callback

@@ -6,6 +6,9 @@ runs the item) and writes a tiny image whose colour comes from the seed.
 ``fail_ids`` lists item ids whose edit raises, to rehearse failures.
 ``call_log`` names a file that gets one JSON line per model call (item id,
 seed, pid, start time), so tests can count what was computed, and when.
+``fail_first: {id: n}`` makes the first n calls of an item raise (counted in
+``call_log``): a transient fault for retries. ``crash_ids`` lists items
+that kill their worker process outright: a poison item.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import time
 
 from PIL import Image
 
-from .base import EditModel, EditRequest, EditResult
+from .base import EditCancelled, EditModel, EditRequest, EditResult
 
 
 class SimulatedModel(EditModel):
@@ -31,22 +34,40 @@ class SimulatedModel(EditModel):
     def edit(self, request: EditRequest) -> EditResult:
         params = request.params
         if params.get("call_log"):
-            _log_call(params["call_log"], request, self.device.queue)
+            earlier = _log_call(params["call_log"], request, self.device.queue)
+            if earlier < int((params.get("fail_first") or {}).get(request.item_id, 0)):
+                raise RuntimeError(f"simulated transient failure {earlier + 1} for item {request.item_id!r}")
+        if request.item_id in set(params.get("crash_ids") or ()):
+            os._exit(70)  # like a segfault or an OOM kill: no cleanup, no result
         if request.item_id in set(params.get("fail_ids") or ()):
             raise RuntimeError(f"simulated failure for item {request.item_id!r}")
         speeds = params.get("device_speed") or []
         factor = float(speeds[self.slot]) if self.slot < len(speeds) else 1.0
         jitter = float(params.get("jitter", 0.0))
         work = float(params.get("seconds", 0.0)) * random.Random(request.seed).uniform(1 - jitter, 1 + jitter)
-        if work * factor > 0:
-            time.sleep(work * factor)
+        _sleep(work * factor, request.should_stop)
         colour = tuple(request.seed >> shift & 0xFF for shift in (0, 8, 16))
         size = int(params.get("size", 16))
         return EditResult(Image.new("RGB", (size, size), colour),
                           {"work_s": work, "output_size": [size, size], "size_policy": "fixed"})
 
 
-def _log_call(path: str, request: EditRequest, device: str) -> None:
+def _sleep(seconds: float, should_stop) -> None:
+    """Sleep in steps, like a pipeline's denoising loop, stopping when the run is cancelled."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        if should_stop is not None and should_stop():
+            raise EditCancelled("run cancelled during the edit")
+        time.sleep(min(left, 0.1))
+
+
+def _log_call(path: str, request: EditRequest, device: str) -> int:
+    """Append this call; return how many calls of the same item came before it."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            earlier = sum(1 for line in fh if json.loads(line)["id"] == request.item_id)
+    except FileNotFoundError:
+        earlier = 0
     line = json.dumps({"id": request.item_id, "seed": request.seed, "device": device, "pid": os.getpid(),
                        "t": time.time()}) + "\n"
     # One short O_APPEND write per call: lines from several workers never interleave.
@@ -55,3 +76,4 @@ def _log_call(path: str, request: EditRequest, device: str) -> None:
         os.write(fd, line.encode())
     finally:
         os.close(fd)
+    return earlier

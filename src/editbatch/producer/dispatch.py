@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+from ..errors import RunCancelled
 from ..scheduling import Assignment, Policy
 from .inbox import ResultInbox
 from .submit import Submitter
@@ -25,7 +26,8 @@ LIVENESS_EVERY_S = 5.0
 class Dispatcher:
     def __init__(self, policy: Policy, submitter: Submitter, inbox: ResultInbox, *, index_of: list[int],
                  task_timeout_s: float, on_result: OnResult, device_queues: list[str],
-                 gone: GoneQueues | None = None, poll_s: float = 1.0):
+                 gone: GoneQueues | None = None, should_stop: Callable[[], bool] | None = None,
+                 poll_s: float = 1.0):
         self.policy = policy
         self.submitter = submitter
         self.inbox = inbox
@@ -34,6 +36,7 @@ class Dispatcher:
         self.on_result = on_result
         self.device_queues = set(device_queues)
         self.gone = gone
+        self.should_stop = should_stop
         self.poll_s = poll_s
         self.outstanding: dict[int, Assignment] = {}
         self.dead: dict[str, str] = {}  # device queue -> why its items fail
@@ -73,6 +76,8 @@ class Dispatcher:
         pending = self._release(self.policy.start())
         last_progress = last_check = time.monotonic()
         while not self.policy.complete:
+            if self.should_stop is not None and self.should_stop():
+                raise RunCancelled("run cancelled (editbatch cancel); finished items are kept")
             released: list[Assignment] = []  # sent together: one publish round per drained set of results
             if pending:
                 released += self._fail(pending)

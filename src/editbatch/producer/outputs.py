@@ -7,9 +7,10 @@ rewritten in input order when the run ends.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from ..atomicfile import write_atomic
 
 MANIFEST_FIELDS = ("id", "index", "status", "output", "device", "worker", "batch", "seed", "submitted_at",
                    "started_at", "finished_at", "reported_at", "error")
@@ -53,16 +54,9 @@ class Manifest:
         return ordered
 
 
-def _replace(path: Path, text: str) -> None:
-    """Write next to `path`, then rename: readers never see a half-written file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    _replace(path, "".join(json.dumps(record) + "\n" for record in records))
+    write_atomic(path, "".join(json.dumps(record) + "\n" for record in records))
 
 
 def write_json(path: Path, data: Any) -> None:
-    _replace(path, json.dumps(data, indent=2) + "\n")
+    write_atomic(path, json.dumps(data, indent=2) + "\n")

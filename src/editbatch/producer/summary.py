@@ -22,7 +22,8 @@ def summarize(records: list[dict[str, Any]], *, mode: str, devices: list[str], o
               dispatch_started_at: float, policy_factory: Callable[[], Policy], extra: dict[str, Any] | None = None
               ) -> dict[str, Any]:
     counts = {s: sum(1 for r in records if r["status"] == s) for s in ("ok", "failed", "invalid")}
-    timings = timings_from(records, ordinal_of)
+    # Times cover what this run computed: reused items ran earlier (or elsewhere).
+    timings = timings_from([r for r in records if not r.get("reused")], ordinal_of)
     span = metrics.makespan(timings, since=dispatch_started_at) if timings else 0.0
     lower = metrics.lower_bound(timings, devices)
     ideal = metrics.ideal_makespan(timings, devices, policy_factory) if len(timings) == len(ordinal_of) else None
@@ -32,6 +33,7 @@ def summarize(records: list[dict[str, Any]], *, mode: str, devices: list[str], o
         "mode": mode,
         "items": len(records),
         **counts,
+        "reused": sum(1 for r in records if r.get("reused")),
         "devices": devices,
         "makespan_s": round(span, 4),
         "busy_s": {d: round(v, 4) for d, v in metrics.busy_by_device(timings, devices).items()},

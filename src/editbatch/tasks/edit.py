@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from pathlib import Path
@@ -9,15 +10,19 @@ from pathlib import Path
 from celery import shared_task
 from celery.utils.log import get_task_logger
 
+from .. import keys, ledger, redisconn
 from ..barrier import BatchBarrier
-from ..dataset import output_name
 from ..imageio import load_rgb, save_png
+from ..leases import Lease
 from ..models.base import EditRequest
 from ..workers import runtime
 from ..workers.roots import confine
 from .contract import TASK_NAME, EditTask
 
 log = get_task_logger("editbatch.task")
+
+CLAIM_POLL_S = 0.5
+STOP_POLL_S = 0.5
 
 
 @shared_task(name=TASK_NAME, acks_late=True)
@@ -42,7 +47,9 @@ def edit(payload: dict) -> dict:
     finally:
         if task.arrive_at:
             _barrier(task.arrive_at, rt).arrive(rt.redis)
-    if result["status"] == "ok":
+    if result.get("reused"):
+        log.info("%s: %s already done (%s): reused, not computed", rt.device.queue, task.id, result["output"])
+    elif result["status"] == "ok":
         log.info("%s: %s ok in %.2fs -> %s", rt.device.queue, task.id,
                  result["finished_at"] - result["started_at"], result["output"])
     else:
@@ -70,23 +77,89 @@ def _wait_for_previous_batch(task: EditTask, rt: "runtime.WorkerRuntime") -> Non
 
 
 def _run(task: EditTask, rt: "runtime.WorkerRuntime", result: dict) -> None:
+    _check_model(task, rt)
+    relative = ledger.image_relpath(task.id)
+    target = Path(task.output_dir) / relative
+    confine(task.images, target, rt.roots)
+    rt.roots.check_output(ledger.record_path(task.output_dir, task.id))
+    claim = _claim(task, rt)
+    if isinstance(claim, dict):  # finished before (an earlier run, or another copy of this task)
+        _reuse(claim, result)
+        return
+    try:
+        model = rt.model
+        images = [load_rgb(p, rt.max_pixels) for p in task.images] if model.reads_images else []
+        params = {**rt.model_config.params, **task.params}
+        request = EditRequest(task.id, images, task.instruction, task.seed, params,
+                              should_stop=_stop_check(task, rt))
+        result["started_at"] = time.time()
+        try:
+            out = model.edit(request)
+        finally:
+            result["finished_at"] = time.time()
+        save_png(out.image, target)
+        info = dict(out.info)
+        result.update(status="ok", output=relative, work_s=info.pop("work_s", None), info=info)
+        ledger.write_record(task.output_dir, {**result, "model": task.model, "run": task.run})
+    finally:
+        claim.release()
+
+
+def _check_model(task: EditTask, rt: "runtime.WorkerRuntime") -> None:
     wanted = task.model or {}
     loaded = rt.model_config
     if wanted and (wanted.get("type") != loaded.type or wanted.get("path", loaded.path) != loaded.path):
         raise RuntimeError(f"this worker serves {loaded.type} ({loaded.path}), the task asks for "
                            f"{wanted.get('type')} ({wanted.get('path')})")
-    relative = f"images/{output_name(task.id)}"
-    target = Path(task.output_dir) / relative
-    confine(task.images, target, rt.roots)
-    model = rt.model
-    images = [load_rgb(p, rt.max_pixels) for p in task.images] if model.reads_images else []
-    params = {**loaded.params, **task.params}
-    request = EditRequest(task.id, images, task.instruction, task.seed, params)
-    result["started_at"] = time.time()
-    try:
-        out = model.edit(request)
-    finally:
-        result["finished_at"] = time.time()
-    save_png(out.image, target)
-    info = dict(out.info)
-    result.update(status="ok", output=relative, work_s=info.pop("work_s", None), info=info)
+
+
+def _claim(task: EditTask, rt: "runtime.WorkerRuntime") -> Lease | dict:
+    """Hold the item's claim, or return its record if it is already done.
+
+    Two copies of one item (a resumed run and a task of the killed run it
+    replaces, or a redelivered message) never compute at the same time: the
+    second waits for the first and then reuses its record.
+    """
+    key = keys.item_claim(rt.cluster.namespace, os.path.realpath(task.output_dir), task.id)
+    lease = Lease(rt.redis, key, f"{rt.name}:{task.run}:{task.index}", keys.CLAIM_TTL_S)
+    deadline = time.monotonic() + (task.wait_timeout_s or 3600.0)
+    while True:
+        done = ledger.done_record(task.output_dir, task.id, seed=task.seed, model=task.model)
+        if done is not None:
+            return done
+        if runtime.keep_retrying(lease.try_take):
+            done = ledger.done_record(task.output_dir, task.id, seed=task.seed, model=task.model)
+            if done is None:
+                return lease
+            lease.release()  # finished between our look and our claim
+            return done
+        if rt.run_ended(task.run):
+            raise RuntimeError(f"run {task.run} ended while another worker held this item")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"another worker held this item for over {task.wait_timeout_s or 3600.0:g}s")
+        time.sleep(CLAIM_POLL_S)
+
+
+def _reuse(record: dict, result: dict) -> None:
+    # The item as it was computed: by whom and when (its times are not this task's).
+    for key in ("status", "output", "started_at", "finished_at", "work_s", "info", "device", "worker", "host", "pid"):
+        result[key] = record.get(key)
+    result["reused"] = True
+    result["computed_in_run"] = record.get("run")
+
+
+def _stop_check(task: EditTask, rt: "runtime.WorkerRuntime"):
+    """`should_stop` for the adapter: asks Redis at most every STOP_POLL_S seconds."""
+    state = {"at": 0.0, "stop": False}
+
+    def should_stop() -> bool:
+        now = time.monotonic()
+        if not state["stop"] and now - state["at"] >= STOP_POLL_S:
+            state["at"] = now
+            try:
+                state["stop"] = rt.run_ended(task.run)
+            except redisconn.TRANSIENT:
+                pass  # keep editing; asked again on a later step
+        return state["stop"]
+
+    return should_stop

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 
-from celery.signals import worker_init, worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown, worker_shutting_down
 
 from . import runtime
 
@@ -40,6 +40,11 @@ def _ready(**_) -> None:
     if logging.getLogger("celery.app.trace").getEffectiveLevel() <= logging.INFO:
         logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
     runtime.announce_ready()
+
+
+@worker_shutting_down.connect
+def _shutting_down(**_) -> None:
+    runtime.shutting_down.set()
 
 
 @worker_shutdown.connect

@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,15 @@ from .presence import Presence
 from .roots import Roots, roots_for
 
 log = logging.getLogger("editbatch.worker")
+
+# How long a worker keeps retrying Redis (a restart, a network blip) before failing the item;
+# cut short once the worker is shutting down, so it never outlives its producer by a minute.
+REDIS_RETRY_S = 60.0
+shutting_down = threading.Event()
+
+
+def keep_retrying(call):
+    return redisconn.retrying(call, REDIS_RETRY_S, stop=shutting_down.is_set)
 
 
 @dataclass
@@ -61,7 +71,7 @@ class WorkerRuntime:
         """
         if not run_id or not keys.RUN_ID.match(run_id):
             return False
-        state = redisconn.retrying(lambda: self.redis.get(keys.run_state(self.cluster.namespace, run_id)), 60.0)
+        state = keep_retrying(lambda: self.redis.get(keys.run_state(self.cluster.namespace, run_id)))
         return state in (b"ended", b"cancelled")
 
     def report(self, key: str, result: dict[str, Any]) -> None:
@@ -75,7 +85,7 @@ class WorkerRuntime:
                 pipe.expire(key, keys.RESULT_TTL_S)  # nobody reading (producer gone): Redis forgets it
                 pipe.execute()
 
-        redisconn.retrying(push, 60.0)
+        keep_retrying(push)
 
 
 _current: WorkerRuntime | None = None
