@@ -70,7 +70,7 @@ def test_ctrl_c_stops_every_process_and_keeps_what_finished(tmp_path, sample_ima
     records, summary = read_run(out)
     assert len(records) == 60 and summary["ok"] >= 2
     assert {r["status"] for r in records} == {"ok", "failed"}
-    assert any("interrupted" in (r["error"] or "") for r in records)
+    assert any("run interrupted before this item" in (r["error"] or "") for r in records)
 
 
 def test_a_killed_producer_takes_its_cluster_with_it(tmp_path, sample_image):
@@ -147,7 +147,7 @@ def test_producer_refuses_workers_serving_another_model(tmp_path, sim_cluster, s
     assert proc.returncode == 2 and "serve another model" in proc.stderr
 
 
-def test_items_of_a_dead_worker_fail_fast_and_the_run_completes(tmp_path, sample_image):
+def test_items_of_a_dead_worker_are_retried_on_the_others_and_the_run_completes(tmp_path, sample_image):
     config = local_config(tmp_path, sample_image, n=30, devices=("cpu", "cpu"), seconds=0.3)
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "editbatch", "run", str(config), "--set", "schedule.mode=nosync"],
@@ -160,10 +160,10 @@ def test_items_of_a_dead_worker_fail_fast_and_the_run_completes(tmp_path, sample
     os.kill(victim, signal.SIGKILL)
     started = time.monotonic()
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1, err
+    assert proc.returncode == 0, err
     assert time.monotonic() - started < 40  # presence expiry + a check, not 30 task timeouts
     records, summary = read_run(out)
-    gone = [r for r in records if r["status"] == "failed"]
-    assert gone and all(r["index"] % 2 == 1 for r in gone)
-    assert all("worker is gone" in r["error"] or "no result" in r["error"] for r in gone)
-    assert all(r["status"] == "ok" for r in records if r["index"] % 2 == 0)
+    assert all(r["status"] == "ok" for r in records) and summary["ok"] == 30
+    moved = [r for r in records if r["attempts"] == 2]
+    assert moved and all(r["index"] % 2 == 1 and r["device"] == "cpu0" for r in moved)
+    assert all("worker is gone" in r["errors"][0] or "no result" in r["errors"][0] for r in moved)

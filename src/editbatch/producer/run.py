@@ -93,7 +93,7 @@ class Run:
         self.attempts: dict[int, int] = {}  # item index -> attempts made by this run
         self.errors: dict[int, list[str]] = {}  # item index -> errors of its failed attempts, earlier runs too
         self.to_retry: list[Item] = []
-        self.interrupted = False
+        self.interrupted: str | None = None  # why the run stopped early: Ctrl-C or `editbatch cancel`
         self.dispatcher: Dispatcher | None = None
 
     # ------------------------------------------------------------ the steps
@@ -109,8 +109,11 @@ class Run:
             self.open_ledger()
             try:
                 self.dispatch(broker)
-            except (KeyboardInterrupt, RunCancelled):
-                self.interrupted = True
+            except KeyboardInterrupt:
+                self.interrupted = "run interrupted"
+                raise
+            except RunCancelled:
+                self.interrupted = "run cancelled"
                 raise
             finally:
                 self.finish()
@@ -215,7 +218,7 @@ class Run:
     def finish(self) -> None:
         """Account for every item, end the run in Redis, write the manifest, summary and run.json."""
         self.progress.close()
-        why = "run cancelled" if self.interrupted else "run ended"
+        why = self.interrupted or "run ended"
         if self.dispatcher is not None:
             for ordinal in sorted(self.dispatcher.outstanding):
                 self.give_up(self.round_items[ordinal], f"{why} before this item finished")
