@@ -9,6 +9,7 @@ manifest, workers.json and summary.json; stop what was started.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from .dispatch import Dispatcher
 from .inbox import ResultInbox
 from .outputs import Manifest, manifest_record, write_json
 from .progress import Progress
+from .run_record import write_run_record
+from ..report.after_run import write_report_after_run
 from ..workers.presence import read_workers
 from .readiness import wait_for_workers
 from .submit import Submitter
@@ -109,6 +112,9 @@ def _run(config: RunConfig, items: list[Item], out_dir: Path, broker: str, check
     ns = config.cluster.namespace
     redis = Redis.from_url(broker, socket_keepalive=True, health_check_interval=30)
     model_id = {"type": config.model.type, "path": config.model.path}
+    run_id = uuid.uuid4().hex[:12]
+    write_run_record(out_dir, config, run_id=run_id, items=len(items), valid=sum(i.valid for i in items), broker=broker)
+    print(f"[editbatch] Run {run_id}: output folder {out_dir} (editbatch status {out_dir})", file=stream or sys.stdout)
     _await_workers(config, redis, out_dir, check_alive, Progress(config.schedule.mode, 0, devices, stream=stream).say)
 
     valid = [i for i in items if i.valid]
@@ -128,7 +134,6 @@ def _run(config: RunConfig, items: list[Item], out_dir: Path, broker: str, check
                         batches=batch_count(len(valid), g) if batched else None, batch_size=g)
     _announce(progress, config, items, valid)
 
-    run_id = uuid.uuid4().hex[:12]
     inbox = ResultInbox(redis, f"{ns}:run:{run_id}:results")
     policy = policy_factory(lookahead=1 if worker_barrier else 0)
 
@@ -211,6 +216,7 @@ def _run(config: RunConfig, items: list[Item], out_dir: Path, broker: str, check
                  + (f" (efficiency {eff:.3f}, lower bound {summary['lower_bound_s']:.2f}s)" if eff else ""))
     for item_id, error in invalid + failures:
         progress.say(f"  {item_id}: {error}")
+    write_report_after_run(out_dir, progress.say)
     progress.say(f"Outputs: {out_dir}")
     code = EXIT_OK if not invalid and not failures else EXIT_ITEMS_FAILED
     return RunResult(code, out_dir, summary)

@@ -12,7 +12,7 @@ import sys
 
 from celery.signals import worker_init, worker_ready, worker_shutdown
 
-from . import runtime
+from . import activity, runtime  # noqa: F401  (activity: busy/idle in the presence record)
 
 log = logging.getLogger("editbatch.worker")
 
