@@ -128,6 +128,9 @@ def _cmd_validate(args, parser) -> int:
 
     path = _config_path(args, parser)
     config = load_config(path, args.overrides)
+    from .preflight import preflight
+
+    preflight(config, path)
     items = prepare_items(config, path, strict=False)
     bad = [i for i in items if not i.valid]
     print(f"{path}: config ok; mode {config.schedule.mode} on {len(config.devices)} device(s) "
