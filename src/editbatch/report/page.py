@@ -88,8 +88,8 @@ def build_rows(runs: list[RunFolder], thumbs: dict[Path, Path], page_dir: Path) 
         for name in first.get("inputs") or []:
             source = run_of_first.input_path(name)
             thumb = thumbs.get(source)
-            inputs.append({"full": _link(source, page_dir), "thumb": _link(thumb, page_dir) if thumb else None,
-                           "name": Path(name).name})
+            inputs.append({"full": _link(source, page_dir) if thumb or source.exists() else None,
+                           "thumb": _link(thumb, page_dir) if thumb else None, "name": Path(name).name})
         cells = []
         for run, record in zip(runs, row["cells"]):
             if record is None:
