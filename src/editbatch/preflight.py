@@ -9,6 +9,7 @@ LoRA without `peft` installed. A failure is one ConfigError naming file and fiel
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from .config import RunConfig
@@ -32,6 +33,8 @@ def check_params(config: RunConfig, source: str) -> None:
     class_name = getattr(model_cls, "pipeline_class", None) or config.model.pipeline_class
     if not class_name:
         return  # `diffusers` without pipeline_class: the folder decides the class at load time
+    # Importing diffusers pulls in transformers, whose import-time notices would bury the one-line answer.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from .models.diffusers_common import _pipeline_class, check_call_params
 
     try:
