@@ -146,13 +146,13 @@ def write_timeline_png(timeline: Timeline, path: Path, title: str = "") -> None:
         ax.set_yticks(range(n), [lane.device for lane in reversed(timeline.lanes)])
         ax.set_ylim(-0.6, n - 0.4)
         ax.set_xlim(0, timeline.span * 1.01 if timeline.span else 1)
-        ax.set_xlabel("seconds since the first model load")
+        ax.set_xlabel("seconds from the start of the run (first model load)")
         if title:
-            ax.set_title(title, fontsize=10)
+            ax.set_title(title, fontsize=10, loc="left")
+        # Above the plot, right of the title: nothing to collide with at any lane count.
         ax.legend(handles=[Patch(color=LOAD_COLOUR, label="model load"), Patch(color=BATCH_COLOURS[0], label="item"),
                            Patch(color=FAILED_COLOUR, label="failed"), Patch(color=IDLE_COLOUR, label="barrier idle")],
-                  loc="upper center", bbox_to_anchor=(0.5, -0.35 if n < 3 else -0.2), ncol=4, fontsize=8,
-                  frameon=False)
+                  loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=4, fontsize=8, frameon=False)
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, metadata={"Description": "lanes: " + ", ".join(lane.device for lane in timeline.lanes)})
