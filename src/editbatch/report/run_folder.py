@@ -85,6 +85,13 @@ def read_run_folder(path: str | Path) -> RunFolder:
         raise EditBatchError(f"{folder}: not a run folder (no manifest.jsonl or run.json)")
     config_file = folder / "config.resolved.yaml"
     config = yaml.safe_load(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
-    return RunFolder(folder.resolve(), _json(folder / "summary.json", {}), config or {},
-                     read_manifest(folder / "manifest.jsonl"), _json(folder / "workers.json", []),
-                     _json(folder / "run.json", {}))
+    run = _json(folder / "run.json", {})
+    summary = _json(folder / "summary.json", {})
+    manifest_file = folder / "manifest.jsonl"
+    manifest = read_manifest(manifest_file)
+    # A run started again in the same folder: until it writes its own, the files are the last run's.
+    if run.get("run_id") and summary.get("run_id") not in (None, run["run_id"]):
+        summary = {}
+    if run.get("started_at") and manifest_file.is_file() and manifest_file.stat().st_mtime < run["started_at"]:
+        manifest = []
+    return RunFolder(folder.resolve(), summary, config or {}, manifest, _json(folder / "workers.json", []), run)
