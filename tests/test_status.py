@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -51,3 +52,17 @@ def test_status_of_a_running_then_finished_run(sim_cluster, sample_image, tmp_pa
     done = status(out, "--broker", sim_cluster["url"])
     assert f"run {record['run_id']} (slow): finished" in done.stdout
     assert "items: 18/18 done (100%): 18 ok, 0 failed, 0 invalid" in done.stdout
+
+
+def test_status_ignores_the_files_an_earlier_run_left_in_the_folder(tmp_path):
+    """A run restarted into the same folder: until it writes its own manifest and summary, they are the old run's."""
+    out = tmp_path / "out"
+    out.mkdir()
+    old = [{"id": f"a{i}", "index": i, "status": "ok", "started_at": 1.0, "finished_at": 2.0} for i in range(5)]
+    (out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    (out / "summary.json").write_text(json.dumps({"run_id": "old", "items": 5, "ok": 5}))
+    (out / "run.json").write_text(json.dumps({"run_id": "new", "name": "again", "items": 8, "devices": ["cpu0"],
+                                              "started_at": time.time() + 1, "pid": os.getpid(),
+                                              "host": socket.gethostname(), "broker": "redis://:***@h:1/0"}))
+    text = status(out).stdout
+    assert "run new (again): running" in text and "items: 0/8 done" in text and "cpu0: unknown" in text
