@@ -136,14 +136,15 @@ def write_report(run_dirs: list[str | Path], output: str | Path | None = None) -
         thumbs.update(make_thumbnails(sources, folder))
 
     headers, pngs = [], []
-    for k, run in enumerate(runs):
-        timeline = build_timeline(run)
+    timelines = [build_timeline(run) for run in runs]
+    longest = max(t.span for t in timelines)
+    for k, (run, timeline) in enumerate(zip(runs, timelines)):
         png = run.path / "timeline.png"
         write_timeline_png(timeline, png, title=f"{run.name} ({run.mode})")
         pngs.append(png)
         index_to_key = {}
         headers.append({"name": run.name, "folder": _link(run.path, page_dir), "figures": header_figures(run),
-                        "timeline": svg_geometry(timeline), "timeline_png": _link(png, page_dir),
+                        "timeline": svg_geometry(timeline, span=longest), "timeline_png": _link(png, page_dir),
                         "index_to_key": index_to_key, "column": k})
     rows = build_rows(runs, thumbs, page_dir)
     for k, run in enumerate(runs):

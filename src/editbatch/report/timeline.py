@@ -93,9 +93,14 @@ def build_timeline(run: RunFolder) -> Timeline:
     return Timeline(list(lanes.values()), origin, span, idle)
 
 
-def svg_geometry(timeline: Timeline, width: int = 1000, lane_height: int = 22, label_width: int = 80) -> dict:
-    """Pixel positions for the template: bars scaled into `width`, one row per lane, axis ticks."""
-    scale = (width - label_width - 10) / timeline.span if timeline.span > 0 else 1.0
+def svg_geometry(timeline: Timeline, width: int = 1000, lane_height: int = 22, label_width: int = 80,
+                 span: float | None = None) -> dict:
+    """Pixel positions for the template: bars scaled into `width`, one row per lane, axis ticks.
+
+    `span`: the seconds the width stands for (runs compared side by side share one scale).
+    """
+    span = max(span or 0.0, timeline.span)
+    scale = (width - label_width - 10) / span if span > 0 else 1.0
     rows = []
     for k, lane in enumerate(timeline.lanes):
         y = 20 + k * (lane_height + 6)
@@ -103,10 +108,10 @@ def svg_geometry(timeline: Timeline, width: int = 1000, lane_height: int = 22, l
                  "y": y + (lane_height // 3 if b.kind == "idle" else 0),
                  "h": lane_height // 3 if b.kind == "idle" else lane_height, "bar": b} for b in lane.bars]
         rows.append({"device": lane.device, "y": y, "bars": bars})
-    step = _tick_step(timeline.span)
+    step = _tick_step(span)
     ticks = []
     t = 0.0
-    while t <= timeline.span + 1e-9 and step > 0:
+    while t <= span + 1e-9 and step > 0:
         ticks.append({"x": round(label_width + t * scale, 2), "label": f"{t:g}s"})
         t = round(t + step, 6)
     height = 20 + len(timeline.lanes) * (lane_height + 6) + 20
