@@ -63,6 +63,10 @@ def test_flower_shows_workers_and_tasks(sim_cluster, sim_run):
         redis = Redis.from_url(sim_cluster["url"])
         assert redis.hlen("unacked") == 0
         redis.close()
+        # ...and Celery adds no traceback of its own to the task's one logged error.
+        logs = "".join(p.read_text() for p in sim_cluster["cluster"].log_dir.glob("worker-*.log"))
+        assert "item-004 failed: RuntimeError: simulated failure" in logs
+        assert "raised unexpected" not in logs and "ItemFailed" not in logs
     finally:
         flower.terminate()
         flower.wait(10)
