@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -14,7 +13,7 @@ from PIL import Image
 
 from editbatch.report import write_report
 
-from .conftest import SIM_DEVICES, read_jsonl, run_cli, simple_rows
+from .conftest import SIM_DEVICES, run_cli, simple_rows
 
 
 class Page(HTMLParser):
@@ -26,7 +25,6 @@ class Page(HTMLParser):
         self.rows: list[dict] = []
         self.svgs: list[dict] = []
         self.bars: list[list[str]] = []
-        self.in_row = False
         self.feed(text)
 
     def handle_starttag(self, tag, attrs):
@@ -46,8 +44,6 @@ class Page(HTMLParser):
             self.bars.append([])
         elif tag == "rect" and "bar" in (a.get("class") or "").split():
             self.bars[-1].append(a.get("class"))
-        elif tag == "tr":
-            self.rows_done = True
 
 
 def check_links(page: Page, html: Path) -> None:
