@@ -27,5 +27,16 @@
   }
   [category, status].forEach(function (el) { el.addEventListener("change", apply); });
   search.addEventListener("input", apply);
+  // A timeline bar or an error links to an item: show it even if the filters hide it.
+  function reveal() {
+    var target = location.hash && document.getElementById(location.hash.slice(1));
+    if (target && target.classList.contains("hidden")) {
+      category.value = ""; status.value = ""; search.value = "";
+      apply();
+      target.scrollIntoView();
+    }
+  }
+  window.addEventListener("hashchange", reveal);
   apply();
+  reveal();
 })();
