@@ -11,6 +11,8 @@ import sys
 import time
 import urllib.request
 
+from redis import Redis
+
 from editbatch.cluster.redis_server import free_port
 
 from .conftest import REPO
@@ -39,16 +41,32 @@ def test_flower_shows_workers_and_tasks(sim_cluster, sim_run):
             except OSError:
                 time.sleep(0.5)
         assert {f"cpu{i}@{host}" for i in range(3)} <= set(workers)
-        proc, manifest, _ = sim_run(6, mode="balanced")
-        assert proc.returncode == 0
+        proc, manifest, summary = sim_run(6, mode="balanced", params={"seconds": 0.05, "fail_ids": ["item-004"]})
+        assert proc.returncode == 1 and summary["failed"] == 1
+        run = f"run={summary['run_id']}"
         tasks = {}
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and len(tasks) < 6:
             tasks = {k: v for k, v in get(f"{base}/api/tasks", "ops:secret").items()
-                     if v.get("name") == "editbatch.edit" and v.get("state") == "SUCCESS"}
+                     if v.get("name") == "editbatch.edit" and run in (v.get("args") or "")
+                     and v.get("state") in ("SUCCESS", "FAILURE")}
             time.sleep(0.5)
-        assert len(tasks) >= 6
+        assert len(tasks) == 6
         assert {v["worker"] for v in tasks.values()} <= {f"cpu{i}@{host}" for i in range(3)}
+        # The task list names the item; a failed item is a failed task, with its error.
+        by_item = {v["args"].split()[0].removeprefix("item="): v for v in tasks.values()}
+        assert set(by_item) == {r["id"] for r in manifest}
+        assert by_item["item-004"]["state"] == "FAILURE"
+        assert "simulated failure" in by_item["item-004"]["exception"]
+        assert {v["state"] for k, v in by_item.items() if k != "item-004"} == {"SUCCESS"}
+        # Failing the task still acknowledges its message (acks_late): nothing waits to be redelivered.
+        redis = Redis.from_url(sim_cluster["url"])
+        assert redis.hlen("unacked") == 0
+        redis.close()
+        # ...and Celery adds no traceback of its own to the task's one logged error.
+        logs = "".join(p.read_text() for p in sim_cluster["cluster"].log_dir.glob("worker-*.log"))
+        assert "item-004 failed: RuntimeError: simulated failure" in logs
+        assert "raised unexpected" not in logs and "ItemFailed" not in logs
     finally:
         flower.terminate()
         flower.wait(10)

@@ -1,4 +1,4 @@
-"""The `editbatch` command: run, worker, validate, make-tiny.
+"""The `editbatch` command: run, worker, validate, make-tiny, report, status.
 
 Exit codes: 0 every item ok; 1 some items failed or were invalid; 2 a
 config, usage or cluster error (one line on stderr naming file and field);
@@ -72,6 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("make-tiny", help="write a tiny random-weight pipeline (offline) for tests and dry runs")
     tiny.add_argument("family", help="instruct_pix2pix, qwen_image_edit, qwen_image_edit_plus or flux_kontext")
     tiny.add_argument("directory")
+
+    report = sub.add_parser("report", help="write a static HTML report (timeline, gallery) of one or more run folders")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run output folders; several are compared by item id")
+    report.add_argument("-o", "--output", help="the HTML file to write (default: RUN_DIR/report.html of the first run)")
+
+    status = sub.add_parser("status", help="progress of a running or finished run, from its files and Redis")
+    status.add_argument("run_dir", metavar="RUN_DIR")
+    status.add_argument("--broker", default=os.environ.get("EDITBATCH_BROKER"),
+                        help="redis URL with password, for per-device state (default: EDITBATCH_BROKER)")
     return parser
 
 
@@ -90,9 +99,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             return _cmd_validate(args, parser)
         if args.command == "make-tiny":
-            from .models.tiny import build_tiny
+            from .models.tiny import FAMILIES, build_tiny
 
+            if args.family not in FAMILIES:
+                import difflib
+
+                close = difflib.get_close_matches(args.family, FAMILIES, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError("make-tiny", "FAMILY", f"unknown family {args.family!r}{hint} "
+                                  f"(have: {', '.join(FAMILIES)})")
             print(build_tiny(args.family, args.directory))
+            return 0
+        if args.command == "report":
+            from .report import write_report
+
+            result = write_report(args.run_dirs, args.output)
+            print(f"{result.html}: {result.items} items, written in {result.seconds:.1f}s")
+            return 0
+        if args.command == "status":
+            from .run_status import read_status, render_status
+
+            print(render_status(read_status(args.run_dir, args.broker)))
             return 0
     except EditBatchError as exc:
         print(f"editbatch: error: {exc}", file=sys.stderr)
@@ -166,6 +193,9 @@ def _cmd_validate(args, parser) -> int:
 
     path = _config_path(args, parser)
     config = load_config(path, args.overrides)
+    from .preflight import preflight
+
+    preflight(config, path)
     items = prepare_items(config, path, strict=False)
     bad = [i for i in items if not i.valid]
     print(f"{path}: config ok; mode {config.schedule.mode} on {len(config.devices)} device(s) "

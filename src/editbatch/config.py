@@ -196,7 +196,9 @@ def validate_config(data: dict[str, Any], source: str) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        errors = exc.errors()
+        # A misspelled key also leaves the real one missing: name the misspelling, it has the hint.
+        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         field = ".".join(str(p) for p in err["loc"]) or None
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
@@ -295,5 +297,10 @@ def dump_config(config: RunConfig, *, redact: bool = False) -> str:
     """The effective config as YAML; `redact` hides the broker password (workers get the URL by environment)."""
     data = config.model_dump(mode="json")
     if redact:
-        data["cluster"]["broker"] = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", data["cluster"]["broker"])
+        data["cluster"]["broker"] = mask_password(data["cluster"]["broker"])
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def mask_password(url: str) -> str:
+    """``redis://:secret@host`` -> ``redis://:***@host``; URLs without a password are unchanged."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)

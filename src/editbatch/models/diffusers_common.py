@@ -220,12 +220,14 @@ _NOT_PARAMS = {"self", "prompt", "image", "generator", "output_type", "return_di
 def check_call_params(pipe, params: dict[str, Any], *, strict: bool) -> None:
     """ModelLoadError for params the pipeline's __call__ does not take (named; with a did-you-mean).
 
+    `pipe` is a pipeline or a pipeline class.
     Not strict: a pipeline whose __call__ takes **kwargs accepts anything.
     """
     import difflib
     import inspect
 
-    signature = inspect.signature(type(pipe).__call__).parameters
+    cls = pipe if isinstance(pipe, type) else type(pipe)  # a class: checked before any weights load
+    signature = inspect.signature(cls.__call__).parameters
     if not strict and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values()):
         return
     known = (set(signature) - _NOT_PARAMS) | {"size", "height", "width"}
@@ -233,7 +235,7 @@ def check_call_params(pipe, params: dict[str, Any], *, strict: bool) -> None:
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else f" (it takes: {', '.join(sorted(known))})"
-            raise ModelLoadError(f"model.params.{key}: {type(pipe).__name__} has no such argument{hint}")
+            raise ModelLoadError(f"model.params.{key}: {cls.__name__} has no such argument{hint}")
 
 
 # ---------------------------------------------------------------- sizes

@@ -26,6 +26,8 @@ from .base import EditCancelled, EditModel, EditRequest, EditResult
 class SimulatedModel(EditModel):
     name = "simulated"
     reads_images = False
+    # Every params key edit() and load() read; `editbatch validate` refuses others.
+    known_params = frozenset({"seconds", "jitter", "device_speed", "fail_ids", "size", "load_seconds"})
 
     def load(self) -> None:
         params = self.config.params

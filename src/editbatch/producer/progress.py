@@ -7,6 +7,8 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from .progress_lines import ProgressLines
+
 LABELS = {"sync": "[SYNC]", "nosync": "[NO-SYNC]", "balanced": "[BALANCED]", "window": "[WINDOW]"}
 
 
@@ -25,7 +27,7 @@ class Progress:
         self.stream = stream or sys.stdout
         self.batches = batches
         self.batch_size = batch_size
-        self.bar: tqdm | None = None
+        self.bar: tqdm | ProgressLines | None = None
         # batch -> [left, first start, slowest device, slowest seconds, last finish]
         self._open: dict[int, list[Any]] = {}
         self._next_batch_line = 0
@@ -65,6 +67,9 @@ class Progress:
             self.say(f"Balanced mode: {self.total} tasks through the shared queue")
 
     def start(self) -> None:
+        if not sys.stderr.isatty():
+            self.bar = ProgressLines(self.total, f"{LABELS[self.mode]} Editing images", sys.stderr)
+            return
         self.bar = tqdm(total=self.total, desc=f"{LABELS[self.mode]} Editing images", unit="img",
                         file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
 

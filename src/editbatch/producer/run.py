@@ -21,7 +21,7 @@ from typing import Any, Callable, TextIO
 from .. import keys, redisconn
 from ..barrier import BatchBarrier
 from ..celery_app import make_app
-from ..config import RunConfig, dump_config
+from ..config import RunConfig, dump_config, mask_password
 from ..dataset import Item, check_items, load_dataset
 from ..devices import SHARED_QUEUE
 from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, ConfigError, RunCancelled
@@ -38,6 +38,7 @@ from .dispatch import Dispatcher
 from .inbox import ResultInbox
 from .outputs import Manifest, manifest_record, write_json
 from .progress import Progress
+from ..report.after_run import write_report_after_run
 from .readiness import wait_for_workers
 from .submit import Submitter
 from .summary import summarize
@@ -103,6 +104,7 @@ class Run:
         self.prepare_folder()
         with contextlib.ExitStack() as stack:
             broker, check_alive = self.start_cluster(stack)
+            self.broker = broker
             self.redis = redisconn.connect(broker)
             stack.callback(self.redis.close)
             self.await_workers(check_alive)
@@ -177,8 +179,11 @@ class Run:
         self.started_at = time.time()
         self.run_file = {
             "run_id": self.run_id, "name": self.config.name, "state": "running", "started_at": self.started_at,
-            "finished_at": None, "pid": os.getpid(), "host": socket.gethostname(), "namespace": self.ns,
+            "finished_at": None, "pid": os.getpid(), "host": socket.gethostname(),
+            "cwd": os.getcwd(),  # the manifest's relative input paths are relative to it
+            "namespace": self.ns, "broker": mask_password(self.broker), "broker_auto": self.config.cluster.broker == "auto",
             "mode": self.sched.mode, "devices": self.devices, "items": len(self.items),
+            "valid_items": len(self.valid),
             "reused": len(self.carried.done), "identity": resume.identity(self.config),
             "runs": earlier + [self.run_id],
         }
@@ -254,6 +259,7 @@ class Run:
             + (f" (efficiency {eff:.3f}, lower bound {summary['lower_bound_s']:.2f}s)" if eff else ""))
         for item_id, error in invalid + self.failures:
             say(f"  {item_id}: {error}")
+        write_report_after_run(self.out_dir, say)
         say(f"Outputs: {self.out_dir}")
         code = EXIT_OK if not invalid and not self.failures else EXIT_ITEMS_FAILED
         return RunResult(code, self.out_dir, summary)
@@ -372,7 +378,8 @@ class Run:
         """The seed's banner and task-assignment table."""
         sched, devices, todo = self.sched, self.devices, self.todo
         g = len(devices)
-        self.progress.say(f"[editbatch] Run {self.run_id}: output folder {self.out_dir}")
+        self.progress.say(f"[editbatch] Run {self.run_id}: output folder {self.out_dir} "
+                          f"(editbatch status {self.out_dir})")
         if self.carried.done:
             self.progress.say(f"[editbatch] Resuming: {len(self.carried.done)} item(s) already done are reused, "
                               f"{len(todo)} to run")

@@ -9,6 +9,7 @@ from celery import Celery, group
 
 from ..scheduling import Assignment
 from ..tasks.contract import TASK_NAME
+from ..tasks.failures import task_args_repr
 
 PayloadFor = Callable[[Assignment, float], dict[str, Any]]
 
@@ -32,8 +33,9 @@ class Submitter:
             self.submitted_at[a.ordinal] = now
             # ignore_result: the result comes back through the run's inbox, so
             # Celery neither stores it nor subscribes to a channel per task.
-            sigs.append(self.app.signature(TASK_NAME, args=[self.payload_for(a, now)], queue=a.queue,
-                                           ignore_result=True))
+            payload = self.payload_for(a, now)
+            sigs.append(self.app.signature(TASK_NAME, args=[payload], queue=a.queue, ignore_result=True,
+                                           argsrepr=task_args_repr(payload), kwargsrepr=""))
         if not as_group:
             with self.app.producer_or_acquire() as producer:
                 for sig in sigs:

@@ -18,6 +18,7 @@ from ..models.base import EditRequest
 from ..workers import runtime
 from ..workers.roots import confine
 from .contract import TASK_NAME, EditTask
+from .failures import ItemFailed, fail_task_if_failed
 
 log = get_task_logger("editbatch.task")
 
@@ -25,7 +26,7 @@ CLAIM_POLL_S = 0.5
 STOP_POLL_S = 0.5
 
 
-@shared_task(name=TASK_NAME, acks_late=True)
+@shared_task(name=TASK_NAME, acks_late=True, throws=(ItemFailed,))
 def edit(payload: dict) -> dict:
     task = EditTask.from_payload(payload)
     rt = runtime.current()
@@ -57,7 +58,7 @@ def edit(payload: dict) -> dict:
     result["reported_at"] = time.time()
     if task.report:
         rt.report(task.report, result)
-    return result
+    return fail_task_if_failed(result)  # after reporting: Flower shows a failed item as FAILURE
 
 
 def _barrier(data: dict, rt: "runtime.WorkerRuntime") -> BatchBarrier:

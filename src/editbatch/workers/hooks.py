@@ -12,7 +12,7 @@ import sys
 
 from celery.signals import worker_init, worker_ready, worker_shutdown, worker_shutting_down
 
-from . import runtime
+from . import activity, runtime  # noqa: F401  (activity: busy/idle in the presence record)
 
 log = logging.getLogger("editbatch.worker")
 
@@ -23,6 +23,10 @@ def _load_model(sender=None, **_) -> None:
     if not config:
         sys.stderr.write("editbatch worker: EDITBATCH_CONFIG is not set (the run config naming the model)\n")
         os._exit(2)
+    # worker_init comes before Celery sets up logging; set it up now (Celery's own
+    # later call is then a no-op) so the model load is in the worker's log.
+    if hasattr(sender, "setup_logging"):
+        sender.setup_logging()
     try:
         runtime.start(os.environ["EDITBATCH_BROKER"] if "EDITBATCH_BROKER" in os.environ else sender.app.conf.broker_url,
                       os.environ["EDITBATCH_DEVICE"], config)

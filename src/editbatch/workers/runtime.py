@@ -126,13 +126,15 @@ def start(broker_url: str, device_spec: str, config_path: str | Path) -> WorkerR
         with slots.hold(name, timeout_s=config.cluster.ready_timeout_s):
             started = time.time()
             presence.publish(load_started_at=started)
-            log.info("%s: loading %s (%s)", name, config.model.type, config.model.path)
+            log.info("%s: model load started: %s (%s, dtype %s)", name, config.model.type, config.model.path,
+                     config.model.dtype)
             model.load()
             finished = time.time()
     except Exception as exc:
         presence.publish(state="failed", error=f"{exc.__class__.__name__}: {exc}")
         raise
-    log.info("%s: model loaded in %.2fs", name, finished - started)
+    log.info("%s: model load finished: %s (%s) loaded in %.2fs", name, config.model.type, config.model.path,
+             finished - started)
     roots = roots_for(config)
     log.info("%s: reads images under %s; writes under %s", name, ", ".join(roots.inputs), ", ".join(roots.outputs))
     _current = WorkerRuntime(device, config.model, config.cluster, model, redis, presence, host, os.getpid(), name,

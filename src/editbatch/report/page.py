@@ -1,0 +1,170 @@
+"""`report.html`: a static page over one or more run folders (header figures, timelines, gallery).
+
+One HTML file with relative links and no network access: it opens from a
+file browser, a static server, or a copy made together with the run folders.
+Several runs over the same dataset are compared item by item (matched by id).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from .run_folder import RunFolder, read_run_folder
+from .thumbnails import make_thumbnails
+from .timeline import build_timeline, svg_geometry, write_timeline_png
+
+THUMBS = Path("report") / "thumbs"  # inside each run folder
+
+
+@dataclass
+class ReportResult:
+    html: Path
+    pngs: list[Path]
+    items: int
+    seconds: float
+
+
+def _link(target: Path, page_dir: Path) -> str:
+    return quote(os.path.relpath(target, page_dir).replace(os.sep, "/"))
+
+
+def _fmt(value: Any, unit: str = "", digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}{unit}"
+    return f"{value}{unit}"
+
+
+def header_figures(run: RunFolder) -> list[tuple[str, str]]:
+    s, model = run.summary, run.config.get("model") or {}
+    lora = model.get("lora") or {}
+    model_text = " ".join(p for p in (model.get("type") or (s.get("model") or {}).get("type"),
+                                      model.get("path") or (s.get("model") or {}).get("path"),
+                                      model.get("dtype")) if p)
+    overhead = s.get("overhead")
+    return [
+        ("run", f"{run.name} ({s.get('run_id') or run.run.get('run_id') or '-'})"),
+        ("model", model_text or "-"),
+        ("LoRA", f"{lora['path']} (scale {lora.get('scale', 1.0):g})" if lora.get("path") else "none"),
+        ("mode", run.mode or "-"),
+        ("items", f"{s.get('items', len(run.manifest))}: {s.get('ok', '-')} ok, {s.get('failed', '-')} failed, "
+                  f"{s.get('invalid', '-')} invalid"),
+        ("makespan", _fmt(s.get("makespan_s"), " s")),
+        ("efficiency", _fmt(s.get("efficiency"), "", 3)),
+        ("overhead vs ideal", f"{overhead * 100:+.1f}% (ideal {_fmt(s.get('ideal_s'), ' s')})"
+                              if overhead is not None else "-"),
+        ("barrier idle", _fmt(s.get("barrier_idle_s"), " s") if s.get("barrier_idle_s") is not None else "-"),
+        ("devices", ", ".join(run.devices) or "-"),
+    ]
+
+
+def _seconds(record: dict[str, Any]) -> float | None:
+    if record.get("started_at") is None or record.get("finished_at") is None:
+        return None
+    return record["finished_at"] - record["started_at"]
+
+
+def build_rows(runs: list[RunFolder], thumbs: dict[Path, Path], page_dir: Path) -> list[dict[str, Any]]:
+    """One row per item id across the runs, in the first run's order; a cell per run (None where absent)."""
+    order: dict[str, dict[str, Any]] = {}
+    for k, run in enumerate(runs):
+        for record in run.manifest:
+            row = order.setdefault(record["id"], {"id": record["id"], "cells": [None] * len(runs),
+                                                  "record": record})
+            row["cells"][k] = record
+    rows = []
+    for n, row in enumerate(order.values()):
+        first = row["record"]
+        run_of_first = runs[next(k for k, c in enumerate(row["cells"]) if c is not None)]
+        inputs = []
+        for name in first.get("inputs") or []:
+            source = run_of_first.input_path(name)
+            thumb = thumbs.get(source)
+            inputs.append({"full": _link(source, page_dir) if thumb or source.exists() else None,
+                           "thumb": _link(thumb, page_dir) if thumb else None, "name": Path(name).name})
+        cells = []
+        for run, record in zip(runs, row["cells"]):
+            if record is None:
+                cells.append(None)
+                continue
+            output = run.path / record["output"] if record.get("output") else None
+            thumb = thumbs.get(output) if output else None
+            cells.append({"status": record.get("status") or "unknown", "seconds": _seconds(record),
+                          "device": record.get("device"), "error": record.get("error"),
+                          "full": _link(output, page_dir) if output and output.exists() else None,
+                          "thumb": _link(thumb, page_dir) if thumb else None})
+        statuses = sorted({c["status"] for c in cells if c} | ({"missing"} if None in cells else set()))
+        rows.append({"key": f"item-{n}", "id": row["id"], "category": first.get("category") or "uncategorised",
+                     "instruction": first.get("instruction") or "", "inputs": inputs, "cells": cells,
+                     "statuses": statuses, "partial": None in cells})
+    return rows
+
+
+def _thumbnail_sources(runs: list[RunFolder]) -> dict[Path, Path]:
+    """source image -> the thumbnail folder of the run it belongs to (inputs: the first run naming them)."""
+    wanted: dict[Path, Path] = {}
+    for run in runs:
+        folder = run.path / THUMBS
+        for record in run.manifest:
+            for name in record.get("inputs") or []:
+                wanted.setdefault(run.input_path(name), folder)
+            if record.get("output"):
+                wanted.setdefault(run.path / record["output"], folder)
+    return wanted
+
+
+def write_report(run_dirs: list[str | Path], output: str | Path | None = None) -> ReportResult:
+    """Write the report of `run_dirs` (default `<first run>/report.html`) and each run's timeline.png."""
+    began = time.perf_counter()
+    runs = [read_run_folder(d) for d in run_dirs]
+    html = Path(output) if output else runs[0].path / "report.html"
+    page_dir = html.resolve().parent
+
+    by_folder: dict[Path, list[Path]] = {}
+    for source, folder in _thumbnail_sources(runs).items():
+        by_folder.setdefault(folder, []).append(source)
+    thumbs: dict[Path, Path] = {}
+    for folder, sources in by_folder.items():
+        thumbs.update(make_thumbnails(sources, folder))
+
+    headers, pngs = [], []
+    timelines = [build_timeline(run) for run in runs]
+    longest = max(t.span for t in timelines)
+    for k, (run, timeline) in enumerate(zip(runs, timelines)):
+        png = run.path / "timeline.png"
+        write_timeline_png(timeline, png, title=f"{run.name} ({run.mode})")
+        pngs.append(png)
+        index_to_key = {}
+        headers.append({"name": run.name, "folder": _link(run.path, page_dir), "figures": header_figures(run),
+                        "timeline": svg_geometry(timeline, span=longest), "timeline_png": _link(png, page_dir),
+                        "index_to_key": index_to_key, "column": k})
+    rows = build_rows(runs, thumbs, page_dir)
+    for k, run in enumerate(runs):
+        ids = {r["id"]: r["key"] for r in rows}
+        headers[k]["index_to_key"].update({rec["index"]: ids[rec["id"]] for rec in run.manifest})
+
+    categories: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        categories.setdefault(row["category"], []).append(row)
+    problems = [{"run": run.name, "row": row, "cell": row["cells"][k]} for k, run in enumerate(runs) for row in rows
+                if row["cells"][k] and row["cells"][k]["status"] != "ok"]
+    env = Environment(loader=PackageLoader("editbatch.report", "templates"), autoescape=select_autoescape(),
+                      trim_blocks=True, lstrip_blocks=True)
+    text = env.get_template("report.html.j2").render(
+        title=" vs ".join(r.name for r in runs), runs=headers, categories=sorted(categories.items()),
+        statuses=sorted({s for row in rows for s in row["statuses"]}), problems=problems,
+        partial=sum(1 for r in rows if r["partial"]), items=len(rows),
+        generated=time.strftime("%Y-%m-%d %H:%M:%S"))
+    html.parent.mkdir(parents=True, exist_ok=True)
+    tmp = html.with_name(html.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, html)  # a reader never sees half a page
+    return ReportResult(html, pngs, len(rows), time.perf_counter() - began)

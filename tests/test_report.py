@@ -1,0 +1,155 @@
+"""The run report: the page's links, items and counts, comparisons by item id, timeline.png, and a real browser."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+from PIL import Image
+
+from editbatch.report import write_report
+
+from .conftest import SIM_DEVICES, run_cli, simple_rows
+
+
+class Page(HTMLParser):
+    """What the tests read from report.html: links, item rows, their cells, timelines."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.links: list[str] = []
+        self.rows: list[dict] = []
+        self.svgs: list[dict] = []
+        self.bars: list[list[str]] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        for key in ("href", "src"):
+            if a.get(key):
+                self.links.append(a[key])
+        if tag == "tr" and "item" in (a.get("class") or "").split():
+            self.rows.append({"id": a["data-id"], "status": a["data-status"].split(), "cells": [],
+                              "partial": "partial" in a["class"], "key": a["id"]})
+        elif tag == "td" and self.rows and "cell" in (a.get("class") or "").split():
+            self.rows[-1]["cells"].append({"class": a["class"].split()[1], "links": []})
+        elif tag in ("a", "img") and self.rows and self.rows[-1]["cells"] and (a.get("href") or a.get("src")):
+            self.rows[-1]["cells"][-1]["links"].append(a.get("href") or a.get("src"))
+        elif tag == "svg":
+            self.svgs.append({"lanes": int(a["data-lanes"])})
+            self.bars.append([])
+        elif tag == "rect" and "bar" in (a.get("class") or "").split():
+            self.bars[-1].append(a.get("class"))
+
+
+def check_links(page: Page, html: Path) -> None:
+    for link in page.links:
+        if link.startswith("#"):
+            continue
+        assert not link.startswith(("http:", "https:", "//")), f"network link {link}"
+        assert (html.parent / unquote(link)).exists(), f"broken link {link}"
+
+
+def failing_rows(n: int, image: Path) -> list[dict]:
+    rows = simple_rows(n, image)
+    for k, row in enumerate(rows):
+        row["category"] = ["colour", "style"][k % 2]
+    rows.append({"id": "no-image", "image": str(image.parent / "nowhere.png"), "instruction": "x", "category": "style"})
+    return rows
+
+
+def test_report_of_a_run_links_every_file_and_counts_the_manifest(sim_run, sample_image):
+    proc, manifest, summary = sim_run(rows=failing_rows(9, sample_image), mode="sync",
+                                      params={"seconds": 0.02, "fail_ids": ["item-004"]})
+    assert proc.returncode == 1, proc.stderr
+    out = Path(proc.stdout.split("Outputs: ")[1].strip())
+    assert "Report: " in proc.stdout  # written at the end of every run
+    html = out / "report.html"
+    page = Page(html.read_text())
+    check_links(page, html)
+    # Every item once, with the status the manifest has.
+    assert sorted(r["id"] for r in page.rows) == sorted(r["id"] for r in manifest)
+    by_id = {r["id"]: r for r in page.rows}
+    for record in manifest:
+        assert by_id[record["id"]]["status"] == [record["status"]]
+        assert [c["class"] for c in by_id[record["id"]]["cells"]] == [record["status"]]
+    text = html.read_text()
+    assert f"{summary['items']}: {summary['ok']} ok, {summary['failed']} failed, {summary['invalid']} invalid" in text
+    assert (summary["ok"], summary["failed"], summary["invalid"]) == (8, 1, 1)
+    # Failed and invalid items are listed with their errors.
+    assert "simulated failure" in text and "image file not found" in text
+    # Grouped by category, with counts.
+    assert 'data-category="colour"' in text and "colour (5)" in text and "style (5)" in text
+    # The timeline: one lane per device, one bar per item that ran, the failed one marked.
+    assert page.svgs == [{"lanes": len(SIM_DEVICES)}]
+    ran = [r for r in manifest if r["started_at"] is not None]
+    assert len(page.bars[0]) == len(ran) and sum("failed" in c for c in page.bars[0]) == 1
+    # Thumbnails live under report/ and are reused by a second build.
+    thumbs = sorted((out / "report" / "thumbs").iterdir())
+    assert thumbs and all(t.stat().st_size < 20_000 for t in thumbs)
+    before = {t: t.stat().st_mtime_ns for t in thumbs}
+    write_report([out])
+    assert {t: t.stat().st_mtime_ns for t in thumbs} == before
+
+
+def test_timeline_png_has_one_lane_per_device(sim_run):
+    proc, manifest, summary = sim_run(7, mode="balanced")
+    assert proc.returncode == 0, proc.stderr
+    png = Path(proc.stdout.split("Outputs: ")[1].strip()) / "timeline.png"
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size[0] == 1000 and 150 <= im.size[1] <= 400
+        assert im.info["Description"] == "lanes: " + ", ".join(summary["devices"])
+
+
+def test_comparison_pairs_items_by_id_and_marks_partial_ones(sim_run, sample_image, tmp_path):
+    rows = simple_rows(8, sample_image)
+    _, first, _ = sim_run(rows=rows, mode="sync")
+    # The second run: other order, one item left out, one new one.
+    second_rows = list(reversed(rows[1:])) + [{"id": "extra", "image": str(sample_image), "instruction": "new"}]
+    _, second, _ = sim_run(rows=second_rows, mode="balanced")
+    a, b = tmp_path / "out-sync", tmp_path / "out-balanced"
+    html = tmp_path / "compare" / "report.html"
+    proc = run_cli("report", str(a), str(b), "-o", str(html))
+    assert proc.returncode == 0, proc.stderr
+    page = Page(html.read_text())
+    check_links(page, html)
+    ids = [r["id"] for r in page.rows]
+    assert sorted(ids) == sorted({r["id"] for r in first} | {r["id"] for r in second}) and len(ids) == len(set(ids))
+    for row in page.rows:
+        assert len(row["cells"]) == 2
+        for cell, run in zip(row["cells"], (a, b)):
+            if cell["class"] == "missing":
+                continue
+            targets = {(html.parent / unquote(link)).resolve() for link in cell["links"]}
+            assert (run / "images" / f"{row['id']}.png").resolve() in targets  # this run's own output
+    partial = {r["id"]: [c["class"] for c in r["cells"]] for r in page.rows if r["partial"]}
+    assert partial == {"item-000": ["ok", "missing"], "extra": ["missing", "ok"]}
+    assert len(Page(html.read_text()).svgs) == 2
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (apt-get install chromium): "
+                                              "the page is not rendered in a browser here")
+def test_page_renders_in_headless_chromium_without_console_errors(sim_run, sample_image, tmp_path):
+    proc, manifest, _ = sim_run(rows=failing_rows(6, sample_image), mode="sync",
+                                params={"seconds": 0.02, "fail_ids": ["item-001"]})
+    html = Path(proc.stdout.split("Outputs: ")[1].strip()) / "report.html"
+    shot = tmp_path / "shot.png"
+    common = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,1400",
+              "--enable-logging=stderr", "--v=0", "--allow-file-access-from-files"]
+    render = subprocess.run(common + [f"--screenshot={shot}", html.as_uri()], capture_output=True, text=True,
+                            timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 10_000, render.stderr[-2000:]
+    with Image.open(shot) as im:
+        assert im.size == (1280, 1400)
+    dom = subprocess.run(common + ["--dump-dom", html.as_uri()], capture_output=True, text=True, timeout=120)
+    console = [line for line in (render.stderr + dom.stderr).splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert console == []
+    # The filter script ran: it fills in the item count.
+    assert f'id="f-count" class="muted">{len(manifest)} items</span>' in dom.stdout
