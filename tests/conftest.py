@@ -95,8 +95,10 @@ def sim_cluster(tmp_path_factory, sample_image):
                                    "input_roots": [str(tmp_path_factory.getbasetemp())]})
     from editbatch.devices import expand_devices
 
-    cluster = LocalCluster(config, expand_devices(SIM_DEVICES), root / "logs")
+    # Restarted when they exit: tests with short task timeouts make workers end themselves (watchdog).
+    cluster = LocalCluster(config, expand_devices(SIM_DEVICES), root / "logs", restarts=1000)
     url = cluster.start()
+    cluster.watch()
     try:
         yield {"url": url, "cluster": cluster}
     finally:

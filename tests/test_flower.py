@@ -41,7 +41,8 @@ def test_flower_shows_workers_and_tasks(sim_cluster, sim_run):
             except OSError:
                 time.sleep(0.5)
         assert {f"cpu{i}@{host}" for i in range(3)} <= set(workers)
-        proc, manifest, summary = sim_run(6, mode="balanced", params={"seconds": 0.05, "fail_ids": ["item-004"]})
+        proc, manifest, summary = sim_run(6, mode="balanced", params={"seconds": 0.05, "fail_ids": ["item-004"]},
+                                         schedule={"retries": 0})
         assert proc.returncode == 1 and summary["failed"] == 1
         run = f"run={summary['run_id']}"
         tasks = {}

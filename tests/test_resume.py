@@ -126,7 +126,7 @@ def test_retries_finish_an_item_that_failed_once(tmp_path, sim_cluster, sample_i
     assert by_id["item-005"]["status"] == "failed" and by_id["item-005"]["attempts"] == 2
     assert len(by_id["item-005"]["errors"]) == 2
     assert all(r["status"] == "ok" and r["attempts"] == 1 for i, r in by_id.items() if i not in ("item-002", "item-005"))
-    assert "Retrying 2 failed item(s)" in proc.stdout
+    assert "Round 2: 2 item(s) again on 3 device(s)" in proc.stdout
     assert len(manifest) == 7 and summary["ok"] == 6 and summary["failed"] == 1
 
 

@@ -181,10 +181,12 @@ def test_a_lost_or_stuck_task_times_out_and_the_run_completes(sim_run, sample_im
     rows = simple_rows(4, sample_image)
     rows[1]["params"] = {"seconds": 4.0}  # far beyond the timeout below
     proc, manifest, summary = sim_run(rows=rows, mode="nosync", params={"seconds": 0.01},
-                                      schedule={"task_timeout_s": 1.0})
+                                      schedule={"task_timeout_s": 1.0, "retries": 0})
     assert proc.returncode == 1
     by_id = {r["id"]: r for r in manifest}
-    assert by_id["item-001"]["status"] == "failed" and "no result within task_timeout_s=1s" in by_id["item-001"]["error"]
+    # The producer's timeout or the worker's watchdog (it ends its process), whichever notices first.
+    assert by_id["item-001"]["status"] == "failed"
+    assert any(why in by_id["item-001"]["error"] for why in ("no result within task_timeout_s=1s", "worker is gone"))
     assert [by_id[f"item-00{i}"]["status"] for i in (0, 2, 3)] == ["ok"] * 3
 
 
@@ -192,10 +194,11 @@ def test_a_lost_task_in_sync_mode_does_not_hold_the_next_batches(sim_run, sample
     rows = simple_rows(9, sample_image)
     rows[1]["params"] = {"seconds": 3.0}
     proc, manifest, summary = sim_run(rows=rows, mode="sync", params={"seconds": 0.01},
-                                      schedule={"task_timeout_s": 1.0})
+                                      schedule={"task_timeout_s": 1.0, "retries": 0})
     assert proc.returncode == 1
     by_id = {r["id"]: r for r in manifest}
-    assert by_id["item-001"]["status"] == "failed" and "no result within" in by_id["item-001"]["error"]
+    assert by_id["item-001"]["status"] == "failed"
+    assert any(why in by_id["item-001"]["error"] for why in ("no result within", "worker is gone"))
     # The other devices went on: batch 1 started once batch 0 was given up on, before the stuck task ended.
     assert by_id["item-000"]["status"] == by_id["item-002"]["status"] == "ok"
     assert by_id["item-003"]["status"] == "ok"

@@ -38,6 +38,19 @@ return n
 """
 
 
+# Open a batch whose tasks are all accounted for, if arrivals were lost (a Redis restart): idempotent.
+_FORCE_OPEN = """
+local n = tonumber(redis.call('get', KEYS[1]) or '0')
+if n < tonumber(ARGV[1]) then
+  redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[3])
+  for i = 1, tonumber(ARGV[2]) do redis.call('rpush', KEYS[2], '1') end
+  redis.call('expire', KEYS[2], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
 @dataclass(frozen=True)
 class BatchBarrier:
     """The barrier behind batch `batch` of a run: `parties` tasks, then `waiters` tasks may start."""
@@ -59,6 +72,11 @@ class BatchBarrier:
         """Record that one task of this batch finished (ok or not); returns how many have."""
         return int(redis.eval(_ARRIVE, 2, self.arrived_key, self.open_key, self.parties, self.waiters,
                               BARRIER_TTL_S))
+
+    def force_open(self, redis: Redis) -> bool:
+        """Count every party in (the producer knows they all finished); True if arrivals were missing."""
+        return bool(redis.eval(_FORCE_OPEN, 2, self.arrived_key, self.open_key, self.parties, self.waiters,
+                               BARRIER_TTL_S))
 
     def is_open(self, redis: Redis) -> bool:
         return int(redis.get(self.arrived_key) or 0) >= self.parties

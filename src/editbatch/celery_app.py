@@ -42,6 +42,11 @@ def make_app(broker_url: str, *, visibility_timeout_s: float = DEFAULT_VISIBILIT
         worker_send_task_events=task_events,
         task_send_sent_event=task_events,
         broker_connection_retry_on_startup=True,
+        # Overnight runs: reconnect to a restarted Redis for as long as it takes (the default gives up
+        # after 100 tries), and keep retrying a publish through a restart instead of failing the run.
+        broker_connection_max_retries=None,
+        task_publish_retry_policy={"max_retries": 300, "interval_start": 0.2, "interval_step": 0.2,
+                                   "interval_max": 1.0},
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )

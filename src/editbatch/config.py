@@ -79,6 +79,10 @@ class ClusterConfig(_Strict):
     task_events: bool = Field(default=True, description="send Celery task events (Flower shows tasks live)")
     prefetch: int = Field(default=1, ge=1, le=8, description="tasks a worker holds: 1 running + (prefetch-1) waiting")
     ready_timeout_s: float = Field(default=1800.0, gt=0, description="how long the producer waits for every worker")
+    restarts: int = Field(default=2, ge=0, description="broker: auto: times a worker that died (or hung) is "
+                                                       "started again")
+    sick_after: int = Field(default=3, ge=0, description="a worker whose model raised CUDA errors on this many items "
+                                                         "in a row retires (0: never)")
     namespace: str = Field(default="editbatch", pattern=r"^[A-Za-z0-9_.-]+$")
     output_roots: list[Path] = Field(default_factory=list, description="folders a worker may write under "
                                                                        "(empty: output_dir)")

@@ -14,8 +14,8 @@ DAY_S = 24 * 3600
 RESULT_TTL_S = DAY_S  # a result nobody read (producer gone) is forgotten after this
 BARRIER_TTL_S = DAY_S
 RUN_STATE_TTL_S = 30 * DAY_S  # longer than any run: a late task must still find "ended"
-PRESENCE_TTL_S = 10  # a worker record lives this long without a heartbeat
-PRESENCE_BEAT_S = 3
+PRESENCE_TTL_S = 6  # a worker record lives this long without a heartbeat: how fast a dead worker is noticed
+PRESENCE_BEAT_S = 2
 
 RUN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 

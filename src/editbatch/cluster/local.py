@@ -1,5 +1,15 @@
 """`cluster.broker: auto`: a private Redis and one `editbatch worker` process per device.
 
+Once the run is under way (`watch()`), a monitor thread keeps the cluster
+whole through the night: a worker that exits (killed, crashed, retired
+after CUDA errors, ended by its watchdog) has its presence record removed
+at once, so the producer reroutes its items within seconds, and is started
+again up to `restarts` times; it reloads through the same load slots and
+rejoins. A worker that is alive but silent (its presence record expired:
+stopped, or hung outside Python) is killed first, so it cannot wake up
+later and race its replacement. A Redis that exits is started again on the
+same port with its append-only file.
+
 Everything started here is stopped by `stop()`, which the producer calls in a
 `finally`, so a finished, failed or interrupted run leaves no process behind.
 """
@@ -11,38 +21,60 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Callable
 
+from .. import keys, redisconn
 from ..devices import Device
 from ..errors import ClusterError
 from .processes import child_preexec, stop_processes
 from .redis_server import RedisServer
 
+MONITOR_EVERY_S = 0.5
+
 
 class LocalCluster:
-    def __init__(self, config_path: Path, devices: list[Device], log_dir: Path):
+    def __init__(self, config_path: Path, devices: list[Device], log_dir: Path, *, namespace: str = "editbatch",
+                 restarts: int = 0, say: Callable[[str], None] | None = None):
         self.config_path = config_path
-        self.devices = devices
+        self.devices = {d.queue: d for d in devices}
         self.log_dir = log_dir
+        self.namespace = namespace
+        self.restarts_left = {d.queue: restarts for d in devices}
+        self.say = say or (lambda text: None)
         self.redis = RedisServer(log_dir)  # its log beside the workers' logs; nothing in the temp folder
         self.workers: dict[str, subprocess.Popen] = {}
+        self.loading: set[str] = set()  # restarted workers that have not announced ready yet
+        self.seen_ready: set[str] = set()
+        self.silent_since: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._monitor: threading.Thread | None = None
+        self.url = ""
 
     def start(self) -> str:
-        url = self.redis.start()
+        self.url = self.redis.start()
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for device in self.devices:
-            env = {**os.environ, "EDITBATCH_BROKER": url, "PYTHONUNBUFFERED": "1"}
-            log = (self.log_dir / f"worker-{device.queue}.log").open("ab")
-            self.workers[device.queue] = subprocess.Popen(
-                [sys.executable, "-m", "editbatch", "worker", "--config", str(self.config_path),
-                 "--device", device.spec],
-                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, preexec_fn=child_preexec)
-            log.close()
+        for queue in self.devices:
+            self._start_worker(queue)
+        self._write_pids()
+        return self.url
+
+    def _start_worker(self, queue: str) -> None:
+        env = {**os.environ, "EDITBATCH_BROKER": self.url, "PYTHONUNBUFFERED": "1"}
+        log = (self.log_dir / f"worker-{queue}.log").open("ab")
+        self.workers[queue] = subprocess.Popen(
+            [sys.executable, "-m", "editbatch", "worker", "--config", str(self.config_path),
+             "--device", self.devices[queue].spec],
+            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, preexec_fn=child_preexec)
+        log.close()
+
+    def _write_pids(self) -> None:
         # Which processes belong to this run, for operators (and for checking none outlives it).
         (self.log_dir / "cluster.json").write_text(json.dumps({
             "redis_pid": self.redis.process.pid, "redis_port": self.redis.port,
             "workers": {q: p.pid for q, p in self.workers.items()}}, indent=2) + "\n")
-        return url
 
     def check_alive(self) -> None:
         """Raise if a worker process exited, quoting the end of its log."""
@@ -61,7 +93,87 @@ class LocalCluster:
         marked = [ln for ln in lines if "editbatch worker" in ln or "Error" in ln]
         return (marked or lines or [""])[-1].strip()
 
+    # ------------------------------------------------------------ keeping it whole
+
+    def watch(self) -> None:
+        """Start the monitor: from now on, exited workers are restarted and a crashed Redis comes back."""
+        self._monitor = threading.Thread(target=self._run_monitor, name="editbatch-cluster-monitor", daemon=True)
+        self._monitor.start()
+
+    def restarting(self) -> bool:
+        return bool(self.loading)
+
+    def _run_monitor(self) -> None:
+        client = redisconn.connect(self.url)
+        while not self._stop.wait(MONITOR_EVERY_S):
+            try:
+                self._keep_redis()
+                self._keep_workers(client)
+            except Exception as exc:  # noqa: BLE001 - the monitor must outlive any one bad turn
+                self.say(f"[editbatch] cluster monitor: {exc.__class__.__name__}: {exc}")
+
+    def _keep_redis(self) -> None:
+        if self.redis.process.poll() is None or self._stop.is_set():
+            return
+        self.say(f"[editbatch] private Redis exited (code {self.redis.process.returncode}); starting it again")
+        if self.redis.restart():
+            self._write_pids()
+        else:
+            self.say("[editbatch] private Redis did not come back; retrying")
+
+    def _keep_workers(self, client) -> None:
+        queues = list(self.workers)
+        try:
+            records = dict(zip(queues, client.mget([keys.worker(self.namespace, q) for q in queues])))
+        except redisconn.TRANSIENT:
+            records = None  # Redis away: judge only by the processes
+        now = time.monotonic()
+        for queue, proc in list(self.workers.items()):
+            if self._stop.is_set():
+                return
+            if proc.poll() is not None:
+                self._replace(queue, proc.returncode, client)
+                continue
+            if records is None:
+                continue
+            record = json.loads(records[queue]) if records[queue] else None
+            if record and record.get("state") == "ready":
+                self.loading.discard(queue)
+                self.seen_ready.add(queue)
+                self.silent_since.pop(queue, None)
+            elif record is None and queue in self.seen_ready:
+                since = self.silent_since.setdefault(queue, now)
+                if now - since > MONITOR_EVERY_S * 3:  # the record already waited out its TTL
+                    self.say(f"[editbatch] {queue} stopped answering (stopped or hung): killing it")
+                    proc.kill()
+
+    def _replace(self, queue: str, code: int | None, client) -> None:
+        try:
+            client.delete(keys.worker(self.namespace, queue))  # the producer reroutes at its next check
+        except redisconn.TRANSIENT:
+            pass
+        self.seen_ready.discard(queue)
+        self.silent_since.pop(queue, None)
+        left = self.restarts_left[queue]
+        if left <= 0:
+            self.loading.discard(queue)
+            del self.workers[queue]
+            self.say(f"[editbatch] worker {queue} exited (code {code}); no restarts left (cluster.restarts)")
+            self._write_pids()
+            return
+        self.restarts_left[queue] = left - 1
+        self.say(f"[editbatch] worker {queue} exited (code {code}); starting it again "
+                 f"({left - 1} restart(s) left)")
+        self._start_worker(queue)
+        self.loading.add(queue)
+        self._write_pids()
+
+    # ------------------------------------------------------------ stopping
+
     def stop(self, *, interrupted: bool = False) -> None:
+        self._stop.set()
+        if self._monitor is not None:
+            self._monitor.join(10)
         # Warm shutdown lets a running task finish; when interrupted, stop at once.
         first = signal.SIGQUIT if interrupted else signal.SIGTERM
         try:

@@ -39,11 +39,16 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """`workdir` holds redis.log (Redis writes nothing else: no snapshots, no append-only file).
+    """`workdir` holds redis.log and the append-only file.
 
     A run passes its own logs folder, so a producer killed outright (SIGKILL:
     no cleanup code runs) leaves nothing in the temp directory; without one,
     a temporary folder is used and removed by `stop()`.
+
+    Persistence is an append-only file synced every second (no snapshots):
+    a Redis that crashes and is started again by `restart()` comes back with
+    its queues, results and run keys, losing at most the last second of
+    writes, which the producer finds and sends again.
     """
 
     def __init__(self, workdir: Path | None = None) -> None:
@@ -59,25 +64,40 @@ class RedisServer:
 
     def start(self, timeout_s: float = 10.0) -> str:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._aof.unlink(missing_ok=True)  # an earlier run's queues must not come back into this one
         for _ in range(3):  # a port taken between probing and binding: try another
             self.port = free_port()
-            # The password goes in through stdin, never on the command line (visible in ps).
-            args = [redis_server_binary(), "-"]
-            conf = "\n".join([
-                f"port {self.port}", "bind 127.0.0.1", f"requirepass {self.password}", 'save ""',
-                "appendonly no", f"dir {self.workdir}", "loglevel warning", "protected-mode yes",
-            ]) + "\n"
-            self._log = open(self.workdir / "redis.log", "wb")
-            self.process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=self._log,
-                                            stderr=subprocess.STDOUT, preexec_fn=child_preexec)
-            self.process.stdin.write(conf.encode())
-            self.process.stdin.close()
-            if self._wait_ready(timeout_s):
+            if self._launch(timeout_s):
                 return self.url
-            self._terminate()
         said = (self.workdir / "redis.log").read_text(errors="replace").strip().splitlines()
         self._cleanup()
         raise ClusterError("could not start a private redis-server" + (f": {said[-1]}" if said else ""))
+
+    def restart(self, timeout_s: float = 30.0) -> bool:
+        """Start again after a crash: same port and password, data reloaded from the append-only file."""
+        self._terminate()
+        return self._launch(timeout_s)
+
+    @property
+    def _aof(self) -> Path:
+        return self.workdir / "appendonly.aof"
+
+    def _launch(self, timeout_s: float) -> bool:
+        # The password goes in through stdin, never on the command line (visible in ps).
+        conf = "\n".join([
+            f"port {self.port}", "bind 127.0.0.1", f"requirepass {self.password}", 'save ""',
+            "appendonly yes", "appendfsync everysec", "maxmemory-policy noeviction",
+            f"dir {self.workdir}", "loglevel warning", "protected-mode yes",
+        ]) + "\n"
+        self._log = open(self.workdir / "redis.log", "ab")
+        self.process = subprocess.Popen([redis_server_binary(), "-"], stdin=subprocess.PIPE, stdout=self._log,
+                                        stderr=subprocess.STDOUT, preexec_fn=child_preexec)
+        self.process.stdin.write(conf.encode())
+        self.process.stdin.close()
+        if self._wait_ready(timeout_s):
+            return True
+        self._terminate()
+        return False
 
     def _wait_ready(self, timeout_s: float) -> bool:
         client = Redis(host="127.0.0.1", port=self.port, password=self.password, socket_connect_timeout=0.5)
@@ -105,6 +125,7 @@ class RedisServer:
 
     def stop(self) -> None:
         self._terminate()
+        self._aof.unlink(missing_ok=True)
         self._cleanup()
 
     def _cleanup(self) -> None:

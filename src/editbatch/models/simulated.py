@@ -9,6 +9,8 @@ seed, pid, start time), so tests can count what was computed, and when.
 ``fail_first: {id: n}`` makes the first n calls of an item raise (counted in
 ``call_log``): a transient fault for retries. ``crash_ids`` lists items
 that kill their worker process outright: a poison item.
+``sticky_fail_after: k`` makes every call after this process's k-th raise a
+CUDA-style error, like a GPU whose context broke (a fresh process is fine).
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ class SimulatedModel(EditModel):
             earlier = _log_call(params["call_log"], request, self.device.queue)
             if earlier < int((params.get("fail_first") or {}).get(request.item_id, 0)):
                 raise RuntimeError(f"simulated transient failure {earlier + 1} for item {request.item_id!r}")
+        self.calls = getattr(self, "calls", 0) + 1
+        sticky = params.get("sticky_fail_after")
+        if sticky is not None and self.calls > int(sticky):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
         if request.item_id in set(params.get("crash_ids") or ()):
             os._exit(70)  # like a segfault or an OOM kill: no cleanup, no result
         if request.item_id in set(params.get("fail_ids") or ()):

@@ -1,11 +1,15 @@
 """The dispatch loop shared by every mode: release, wait for results, release more.
 
-The policy decides what to release; this loop only moves messages. Every
-wait has a timeout: when no result arrives for `task_timeout_s`, the items
-that should have finished are failed as lost, so a lost task never hangs
-the run. A device that lost a task, or whose worker has vanished, is
-written off: the items bound to it fail at once instead of one timeout at a
-time (a stuck GPU in sync mode would otherwise cost a timeout per batch).
+The policy decides what to release; this loop only moves messages and
+keeps track of where each item is. Workers tell it when a message reaches
+them ("held") and when its edit starts ("started"); every couple of seconds
+it compares that with the workers' presence records and the queues in
+Redis (see watch.py). An item whose worker is gone, or that is nowhere (its
+message or result lost in a Redis restart), is settled at once: reused from
+its worker record when it finished, otherwise handed back as lost, to be
+sent again in the run's next round. The task timeout stays as the last
+guard: when no result arrives for `task_timeout_s`, the items that should
+have finished are failed as lost.
 """
 
 from __future__ import annotations
@@ -13,37 +17,50 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+from .. import redisconn
 from ..errors import RunCancelled
 from ..scheduling import Assignment, Policy
 from .inbox import ResultInbox
 from .submit import Submitter
+from .watch import RunWatch
 
 OnResult = Callable[[int, dict[str, Any]], None]
-GoneQueues = Callable[[set[str]], set[str]]  # of these device queues, which have no live worker
-LIVENESS_EVERY_S = 5.0
+CHECK_EVERY_S = 2.0
+CONFIRMATIONS = 2  # an item must look lost in this many checks in a row (a result may be in flight)
+GONE = ": worker is gone"  # a device written off for this comes back when its worker does
 
 
 class Dispatcher:
     def __init__(self, policy: Policy, submitter: Submitter, inbox: ResultInbox, *, index_of: list[int],
                  task_timeout_s: float, on_result: OnResult, device_queues: list[str],
-                 gone: GoneQueues | None = None, should_stop: Callable[[], bool] | None = None,
-                 poll_s: float = 1.0):
+                 watch: RunWatch | None = None, should_stop: Callable[[], bool] | None = None,
+                 on_device_lost: Callable[[str, int], None] | None = None,
+                 on_check: Callable[[], None] | None = None, poll_s: float = 1.0):
         self.policy = policy
         self.submitter = submitter
         self.inbox = inbox
+        self.index_of = index_of
         self.ordinal_of = {index: ordinal for ordinal, index in enumerate(index_of)}
         self.task_timeout_s = task_timeout_s
         self.on_result = on_result
         self.device_queues = set(device_queues)
-        self.gone = gone
+        self.watch = watch
         self.should_stop = should_stop
+        self.on_device_lost = on_device_lost
+        self.on_check = on_check
         self.poll_s = poll_s
         self.outstanding: dict[int, Assignment] = {}
         self.dead: dict[str, str] = {}  # device queue -> why its items fail
+        self.held_by: dict[int, tuple[str, int | None]] = {}  # ordinal -> (device, worker pid) holding it
+        self.pids: dict[str, int] = {}  # device -> pid of the worker serving it now
+        self.started: set[int] = set()
+        self.suspects: dict[int, int] = {}  # ordinal -> checks in a row in which it looked lost
         self.as_group = policy.mode == "sync"
 
+    # ------------------------------------------------------------ moving messages
+
     def _release(self, assignments: list[Assignment]) -> list[Assignment]:
-        """Send what the policy released; return what lands on written-off devices (failed next round)."""
+        """Send what the policy released; return what lands on written-off devices (settled next turn)."""
         live = [a for a in assignments if a.queue not in self.dead]
         self.outstanding.update((a.ordinal, a) for a in assignments)
         self.submitter.send(live, as_group=self.as_group)
@@ -51,26 +68,101 @@ class Dispatcher:
 
     def _finish(self, ordinal: int, result: dict[str, Any]) -> list[Assignment]:
         self.outstanding.pop(ordinal, None)
+        self.suspects.pop(ordinal, None)
         self.on_result(ordinal, result)
         return self.policy.done(ordinal)
 
-    def _fail(self, assignments: list[Assignment], error: str | None = None) -> list[Assignment]:
+    def _lose(self, ordinals: list[int], error: str) -> list[Assignment]:
         released = []
-        for a in assignments:
-            if a.ordinal in self.outstanding:
-                released += self._finish(a.ordinal, lost_result(a.batch, error or self.dead[a.queue]))
+        for o in ordinals:
+            if o in self.outstanding:
+                released += self._finish(o, lost_result(self.outstanding[o].batch, error, started=o in self.started))
         return released
 
-    def _write_off(self, queues: set[str], why: str) -> list[Assignment]:
-        """Mark device queues dead; return their outstanding items."""
-        for q in queues & self.device_queues:
-            self.dead.setdefault(q, why.format(queue=q))
-        return [a for a in self.outstanding.values() if a.queue in self.dead]
+    def _settle(self, ordinal: int, why: str) -> list[Assignment]:
+        """An item that is nowhere: finished (its record says so) or lost."""
+        record = self.watch.done_record(self.index_of[ordinal]) if self.watch else None
+        if record is not None:
+            return self._finish(ordinal, {**record, "index": self.index_of[ordinal],
+                                          "batch": self.outstanding[ordinal].batch})
+        return self._lose([ordinal], why)
 
-    def _check_devices(self) -> list[Assignment]:
-        waiting_on = {a.queue for a in self.outstanding.values() if a.queue in self.device_queues} - set(self.dead)
-        newly_dead = self.gone(waiting_on) if self.gone and waiting_on else set()
-        return self._write_off(newly_dead, "{queue}: worker is gone") if newly_dead else []
+    def _note(self, event: dict[str, Any]) -> None:
+        ordinal = self.ordinal_of.get(event.get("index"))
+        if ordinal in self.outstanding:
+            self.held_by[ordinal] = (str(event.get("device")), event.get("pid"))
+            if event.get("event") == "started":
+                self.started.add(ordinal)
+
+    # ------------------------------------------------------------ where is everything
+
+    def _write_off(self, queue: str, why: str) -> None:
+        if queue in self.device_queues and queue not in self.dead:
+            self.dead[queue] = why
+            if self.watch is not None:
+                try:
+                    self.watch.drop_queued(queue)  # a restarted worker must not run them too
+                except redisconn.TRANSIENT:
+                    pass
+            if self.on_device_lost:
+                self.on_device_lost(queue, len(self.device_queues) - len(self.dead))
+
+    def _revive(self, queue: str) -> None:
+        """A written-off device whose worker was started again and loaded: send to it again."""
+        del self.dead[queue]
+        if self.on_device_lost:
+            self.on_device_lost(queue, -(len(self.device_queues) - len(self.dead)))
+
+    def _gone_holder(self, ordinal: int, a: Assignment) -> str | None:
+        """Why the worker that holds (or would take) this item is gone, or None while it serves."""
+        device, pid = self.held_by.get(ordinal, (None, None))
+        if device is None:
+            return self.dead.get(a.queue)
+        if device in self.dead:
+            return self.dead[device]
+        if pid is not None and self.pids.get(device) not in (None, pid):
+            return f"{device}: worker exited (started again since)"
+        return None
+
+    def _check(self) -> list[Assignment]:
+        """Settle the items of workers that are gone, and items that are nowhere."""
+        if self.on_check:
+            self.on_check()
+        if self.watch is None:
+            return []
+        try:
+            presence = self.watch.presence(self.device_queues)
+            queued = self.watch.queued(self.device_queues)
+        except redisconn.TRANSIENT:
+            return []  # Redis away: nothing can be judged now
+        for queue, record in presence.items():
+            if record is None:
+                self._write_off(queue, f"{queue}{GONE}")
+                continue
+            if self.dead.get(queue, "").endswith(GONE):
+                self._revive(queue)
+            elif self.pids.get(queue) not in (None, record.get("pid")) and self.on_device_lost:
+                self.on_device_lost(queue, -(len(self.device_queues) - len(self.dead)))  # restarted between checks
+            self.pids[queue] = record.get("pid")
+        released = []
+        for ordinal, a in list(self.outstanding.items()):
+            gone = self._gone_holder(ordinal, a)
+            if gone:
+                released += self._settle(ordinal, gone)
+                continue
+            device = self.held_by.get(ordinal, (None, None))[0]
+            index = self.index_of[ordinal]
+            if device is not None:
+                running = (presence.get(device) or {}).get("task_index")
+                looks_lost = ordinal in self.started and running != index  # started, then the device moved on
+            else:
+                looks_lost = index not in queued  # not held by anyone and not waiting in a queue
+            self.suspects[ordinal] = self.suspects.get(ordinal, 0) + 1 if looks_lost else 0
+            if self.suspects[ordinal] >= CONFIRMATIONS:
+                released += self._settle(ordinal, "message or result lost (broker restart?): sent again")
+        return released
+
+    # ------------------------------------------------------------ the loop
 
     def run(self) -> None:
         pending = self._release(self.policy.start())
@@ -80,29 +172,33 @@ class Dispatcher:
                 raise RunCancelled("run cancelled (editbatch cancel); finished items are kept")
             released: list[Assignment] = []  # sent together: one publish round per drained set of results
             if pending:
-                released += self._fail(pending)
+                released += self._lose([a.ordinal for a in pending], "device written off before this item ran")
                 pending = []
             waited = time.monotonic() - last_progress
-            results = self.inbox.get(timeout_s=min(self.poll_s, max(0.0, self.task_timeout_s - waited)))
-            for result in results:
-                ordinal = self.ordinal_of.get(result.get("index"))
-                if ordinal in self.outstanding:  # late copies of timed-out items are dropped
-                    released += self._finish(ordinal, result)
+            messages = self.inbox.get(timeout_s=min(self.poll_s, max(0.0, self.task_timeout_s - waited)))
+            for message in messages:
+                if "event" in message:
+                    self._note(message)
+                    continue
+                ordinal = self.ordinal_of.get(message.get("index"))
+                if ordinal in self.outstanding:  # late copies of settled items are dropped
+                    released += self._finish(ordinal, message)
                     last_progress = time.monotonic()
-            if not results and time.monotonic() - last_progress >= self.task_timeout_s:
-                due = [self.outstanding[o] for o in self.policy.due(set(self.outstanding))]
-                released += self._fail(due, f"no result within task_timeout_s={self.task_timeout_s:g}s "
-                                            "(worker lost, stuck or gone)")
+            if not messages and time.monotonic() - last_progress >= self.task_timeout_s:
+                due = self.policy.due(set(self.outstanding))
                 # The device is still busy with the lost task, or dead: what is queued for it would wait too.
-                released += self._fail(self._write_off({a.queue for a in due},
-                                                       "{queue}: lost an earlier task (stuck or gone)"))
+                for queue in {self.outstanding[o].queue for o in due} & self.device_queues:
+                    self._write_off(queue, f"{queue}: lost an earlier task (stuck or gone)")
+                released += self._lose(due, f"no result within task_timeout_s={self.task_timeout_s:g}s "
+                                            "(worker lost, stuck or gone)")
                 last_progress = time.monotonic()
-            if time.monotonic() - last_check >= LIVENESS_EVERY_S:
+            if time.monotonic() - last_check >= CHECK_EVERY_S:
                 last_check = time.monotonic()
-                released += self._fail(self._check_devices())
+                released += self._check()
             pending = self._release(released)
 
 
-def lost_result(batch: int | None, error: str) -> dict[str, Any]:
-    return {"status": "failed", "lost": True, "batch": batch, "started_at": None, "finished_at": None,
-            "error": error}
+def lost_result(batch: int | None, error: str, *, started: bool = True) -> dict[str, Any]:
+    """A synthesised result for an item that never reported. `started`: its edit had begun (an attempt)."""
+    return {"status": "failed", "lost": True, "started": started, "batch": batch, "started_at": None,
+            "finished_at": None, "error": error}

@@ -31,10 +31,10 @@ from ..scheduling import Assignment, make_policy
 from ..scheduling.policies import batch_count, batch_size
 from ..seeding import item_seed
 from ..tasks.contract import EditTask
-from ..workers.presence import read_workers
 from ..workers.roots import check_run_paths, with_worker_roots
 from . import resume
 from .dispatch import Dispatcher
+from .watch import RunWatch
 from .inbox import ResultInbox
 from .outputs import Manifest, manifest_record, write_json
 from .progress import Progress
@@ -44,6 +44,7 @@ from .submit import Submitter
 from .summary import summarize
 
 CANCEL_CHECK_S = 1.0
+LIVE_WAIT_S = 120.0  # how long a new round waits for restarted workers to load
 
 
 @dataclass
@@ -96,19 +97,24 @@ class Run:
         self.to_retry: list[Item] = []
         self.interrupted: str | None = None  # why the run stopped early: Ctrl-C or `editbatch cancel`
         self.dispatcher: Dispatcher | None = None
+        self.cluster = None  # the local cluster, with broker: auto
 
     # ------------------------------------------------------------ the steps
 
     def execute(self) -> RunResult:
         self.check_items()
         self.prepare_folder()
+        self.progress.say(f"[editbatch] Run {self.run_id}: output folder {self.out_dir} "
+                          f"(editbatch status {self.out_dir})")
         with contextlib.ExitStack() as stack:
             broker, check_alive = self.start_cluster(stack)
             self.broker = broker
             self.redis = redisconn.connect(broker)
             stack.callback(self.redis.close)
-            self.await_workers(check_alive)
             self.open_ledger()
+            self.await_workers(check_alive)
+            if self.cluster is not None:
+                self.cluster.watch()
             try:
                 self.dispatch(broker)
             except KeyboardInterrupt:
@@ -152,8 +158,10 @@ class Run:
             return self.config.cluster.broker, None
         from ..cluster.local import LocalCluster
 
-        cluster = stack.enter_context(LocalCluster(self.resolved, self.config.devices, self.out_dir / "logs"))
-        return cluster.start(), cluster.check_alive
+        self.cluster = stack.enter_context(LocalCluster(
+            self.resolved, self.config.devices, self.out_dir / "logs", namespace=self.ns,
+            restarts=self.config.cluster.restarts, say=lambda text: self.progress.say(text)))
+        return self.cluster.start(), self.cluster.check_alive
 
     def await_workers(self, check_alive) -> None:
         """Unified start: block until every device's worker has loaded the model; record them in workers.json."""
@@ -206,19 +214,39 @@ class Run:
         self.submitter.connect()  # before the clock starts: connection set-up is not per-run dispatch cost
         self.dispatch_started_at = time.time()
         self.progress.start()
+        self.watch = RunWatch(self.redis, self.ns, self.run_id, self.out_dir, seeds=self.seeds,
+                              ids={i.index: i.id for i in self.items}, model=self.model_id)
         live, items, self.round = list(self.devices), self.todo, 0
         while items:
             self.dispatch_round(items, live)
-            live = [d for d in live if d not in self.dispatcher.dead]
             items, self.to_retry = self.to_retry, []
-            if items and not live:
-                for item in items:
-                    self.give_up(item, "no live worker left to retry on")
+            if not items:
                 break
-            if items:
-                self.round += 1
-                self.progress.say(f"Retrying {len(items)} failed item(s) on {len(live)} device(s) "
-                                  f"(round {self.round + 1}, schedule.retries={self.sched.retries})")
+            live = self.live_devices()
+            if not live:
+                for item in items:
+                    self.give_up(item, "no live worker left to run it on")
+                break
+            self.round += 1
+            self.progress.say(f"Round {self.round + 1}: {len(items)} item(s) again on {len(live)} device(s) "
+                              f"({', '.join(live)}; schedule.retries={self.sched.retries})")
+
+    def live_devices(self) -> list[str]:
+        """Devices whose worker serves now; waits a while for restarted workers to finish loading."""
+        deadline = time.monotonic() + LIVE_WAIT_S
+        while True:
+            try:
+                presence = self.watch.presence(self.devices)
+            except redisconn.TRANSIENT:
+                presence = {}
+            live = [d for d in self.devices if presence.get(d)]
+            if live and (len(live) == len(self.devices) or not self.restarting()) or time.monotonic() > deadline:
+                return live
+            time.sleep(1.0)
+
+    def restarting(self) -> bool:
+        """A worker of the local cluster is being started again (it rejoins when loaded)."""
+        return self.cluster is not None and self.cluster.restarting()
 
     def finish(self) -> None:
         """Account for every item, end the run in Redis, write the manifest, summary and run.json."""
@@ -280,7 +308,8 @@ class Run:
         self.policy = self.make_policy(len(items), devices, lookahead=1 if self.worker_barrier else 0)
         self.dispatcher = Dispatcher(self.policy, self.submitter, self.inbox, index_of=[i.index for i in items],
                                      task_timeout_s=self.sched.task_timeout_s, on_result=self.on_result,
-                                     device_queues=devices, gone=self.gone, should_stop=self.cancel_requested())
+                                     device_queues=devices, watch=self.watch, should_stop=self.cancel_requested(),
+                                     on_device_lost=self.device_lost, on_check=self.repair_barrier)
         self.dispatcher.run()
 
     def barrier(self, batch: int) -> BatchBarrier:
@@ -300,7 +329,8 @@ class Run:
                         instruction=item.instruction, output_dir=str(self.out_dir), seed=self.seeds[item.index],
                         index=item.index, batch=a.batch, params={**self.config.model.params,
                                                                  **(item.extra.get("params") or {})},
-                        model=self.model_id, run=self.run_id, report=self.inbox.key, submitted_at=now).to_payload()
+                        model=self.model_id, run=self.run_id, report=self.inbox.key, submitted_at=now,
+                        timeout_s=self.sched.task_timeout_s).to_payload()
 
     def on_result(self, ordinal: int, result: dict[str, Any]) -> None:
         item = self.round_items[ordinal]
@@ -315,6 +345,10 @@ class Run:
 
     def record(self, item: Item, result: dict[str, Any]) -> bool:
         """Put one attempt's result in the manifest; True if the item failed and will be retried."""
+        if result.get("lost") and not result.get("started"):
+            # Queued on, or held by, a worker that went away before starting it: not an attempt.
+            self.to_retry.append(item)
+            return True
         attempts = self.attempts[item.index] = self.attempts.get(item.index, 0) + 1
         errors = self.errors.setdefault(item.index, [])
         failed = result.get("status") != "ok"
@@ -343,8 +377,22 @@ class Run:
         self.failures.append((item.id, record["error"] or error))
         self.manifest.add(record)
 
-    def gone(self, queues: set[str]) -> set[str]:
-        return {q for q, record in read_workers(self.redis, self.ns, sorted(queues)).items() if record is None}
+    def device_lost(self, queue: str, remaining: int) -> None:
+        """Say that a device left (remaining > 0) or came back (remaining < 0, negated)."""
+        n = abs(remaining)
+        self.progress.say(f"{queue} {'lost' if remaining >= 0 else 'back'}: continuing with {n} "
+                          f"device{'s' if n != 1 else ''}")
+
+    def repair_barrier(self) -> None:
+        """Sync mode: open the barrier behind the oldest outstanding batch, had a Redis restart lost arrivals."""
+        if not self.worker_barrier or not self.dispatcher.outstanding:
+            return
+        oldest = min(a.batch for a in self.dispatcher.outstanding.values())
+        if oldest:
+            try:
+                self.barrier(oldest - 1).force_open(self.redis)
+            except redisconn.TRANSIENT:
+                pass
 
     def cancel_requested(self) -> Callable[[], bool]:
         """True once `editbatch cancel` marked this run cancelled (asked at most once a second)."""
@@ -378,8 +426,6 @@ class Run:
         """The seed's banner and task-assignment table."""
         sched, devices, todo = self.sched, self.devices, self.todo
         g = len(devices)
-        self.progress.say(f"[editbatch] Run {self.run_id}: output folder {self.out_dir} "
-                          f"(editbatch status {self.out_dir})")
         if self.carried.done:
             self.progress.say(f"[editbatch] Resuming: {len(self.carried.done)} item(s) already done are reused, "
                               f"{len(todo)} to run")

@@ -11,7 +11,8 @@ Payload (version 1)::
      "index": 0, "batch": null, "params": {},        # optional
      "model": {"type": "qwen_image_edit", "path": "..."},   # optional: refuse other models
      "run": null, "report": null, "submitted_at": null,     # used by `editbatch run`
-     "wait_for": null, "arrive_at": null, "wait_timeout_s": null}   # sync-mode batch barrier
+     "wait_for": null, "arrive_at": null, "wait_timeout_s": null,   # sync-mode batch barrier
+     "timeout_s": null}                                     # longest the edit may run
 
 Result::
 
@@ -54,6 +55,7 @@ class EditTask:
     wait_for: dict[str, Any] | None = None  # barrier of the previous batch: start only once it is done
     arrive_at: dict[str, Any] | None = None  # barrier of this item's batch: count in when finished
     wait_timeout_s: float | None = None
+    timeout_s: float | None = None  # the edit itself: past this the worker ends itself (threads cannot be killed)
 
     def to_payload(self) -> dict[str, Any]:
         return {"v": VERSION, **asdict(self)}

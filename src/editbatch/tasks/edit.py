@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import traceback
@@ -47,7 +48,10 @@ def edit(payload: dict) -> dict:
             result["started_at"] = result["finished_at"] = time.time()
     finally:
         if task.arrive_at:
-            _barrier(task.arrive_at, rt).arrive(rt.redis)
+            barrier = _barrier(task.arrive_at, rt)
+            runtime.keep_retrying(lambda: barrier.arrive(rt.redis))
+    if rt.guard is not None:
+        rt.guard.task_finished(result["error"])
     if result.get("reused"):
         log.info("%s: %s already done (%s): reused, not computed", rt.device.queue, task.id, result["output"])
     elif result["status"] == "ok":
@@ -93,6 +97,10 @@ def _run(task: EditTask, rt: "runtime.WorkerRuntime", result: dict) -> None:
         params = {**rt.model_config.params, **task.params}
         request = EditRequest(task.id, images, task.instruction, task.seed, params,
                               should_stop=_stop_check(task, rt))
+        if task.report:
+            rt.event(task.report, "started", task.index)
+        if rt.guard is not None:
+            rt.guard.task_started(task.id, task.timeout_s)
         result["started_at"] = time.time()
         try:
             out = model.edit(request)
@@ -122,7 +130,7 @@ def _claim(task: EditTask, rt: "runtime.WorkerRuntime") -> Lease | dict:
     second waits for the first and then reuses its record.
     """
     key = keys.item_claim(rt.cluster.namespace, os.path.realpath(task.output_dir), task.id)
-    lease = Lease(rt.redis, key, f"{rt.name}:{task.run}:{task.index}", keys.CLAIM_TTL_S)
+    lease = Lease(rt.redis, key, f"{rt.device.queue}|{rt.pid}|{task.run}|{task.index}", keys.CLAIM_TTL_S)
     deadline = time.monotonic() + (task.wait_timeout_s or 3600.0)
     while True:
         done = ledger.done_record(task.output_dir, task.id, seed=task.seed, model=task.model)
@@ -136,9 +144,22 @@ def _claim(task: EditTask, rt: "runtime.WorkerRuntime") -> Lease | dict:
             return done
         if rt.run_ended(task.run):
             raise RuntimeError(f"run {task.run} ended while another worker held this item")
+        _free_if_holder_gone(lease, rt)
         if time.monotonic() > deadline:
             raise TimeoutError(f"another worker held this item for over {task.wait_timeout_s or 3600.0:g}s")
         time.sleep(CLAIM_POLL_S)
+
+
+def _free_if_holder_gone(lease: Lease, rt: "runtime.WorkerRuntime") -> None:
+    """A claim whose worker died is freed at once rather than after its lease runs out."""
+    holder = runtime.keep_retrying(lease.holder)
+    if not holder:
+        return
+    queue, _, rest = holder.decode(errors="replace").partition("|")
+    pid = rest.partition("|")[0]
+    record = runtime.keep_retrying(lambda: rt.redis.get(keys.worker(rt.cluster.namespace, queue)))
+    if record is None or str(json.loads(record).get("pid")) != pid:
+        Lease(rt.redis, lease.key, holder.decode(errors="replace"), lease.ttl_s).release()
 
 
 def _reuse(record: dict, result: dict) -> None:

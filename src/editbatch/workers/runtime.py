@@ -23,6 +23,7 @@ from ..devices import Device, parse_device
 from ..models.base import EditModel
 from ..models.registry import get_model_class
 from .loading import LoadSlots
+from .guard import Guard
 from .presence import Presence
 from .roots import Roots, roots_for
 
@@ -53,6 +54,7 @@ class WorkerRuntime:
     load_finished_at: float = 0.0
     roots: Roots = Roots((), ())  # where tasks may read and write (see roots.py)
     max_pixels: int = 0  # inputs above this many pixels are refused undecoded
+    guard: Guard | None = None  # watchdog for stuck edits, retirement after repeated CUDA errors
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -73,6 +75,17 @@ class WorkerRuntime:
             return False
         state = keep_retrying(lambda: self.redis.get(keys.run_state(self.cluster.namespace, run_id)))
         return state in (b"ended", b"cancelled")
+
+    def event(self, key: str, kind: str, index: int | None) -> None:
+        """Tell the producer where an item is ("held", "started"): one push to the run's inbox."""
+        import json
+
+        self.check_key(key)
+        try:
+            self.redis.rpush(key, json.dumps({"event": kind, "index": index, "device": self.device.queue,
+                                              "pid": self.pid}))
+        except redisconn.TRANSIENT:
+            pass  # a hint only: the producer finds the item by other means
 
     def report(self, key: str, result: dict[str, Any]) -> None:
         import json
@@ -138,7 +151,8 @@ def start(broker_url: str, device_spec: str, config_path: str | Path) -> WorkerR
     roots = roots_for(config)
     log.info("%s: reads images under %s; writes under %s", name, ", ".join(roots.inputs), ", ".join(roots.outputs))
     _current = WorkerRuntime(device, config.model, config.cluster, model, redis, presence, host, os.getpid(), name,
-                             started, finished, roots, config.dataset.max_pixels)
+                             started, finished, roots, config.dataset.max_pixels,
+                             Guard(name, presence, sick_after=config.cluster.sick_after))
     presence.publish(load_finished_at=finished)
     return _current
 

@@ -1,0 +1,82 @@
+"""A worker watching itself: an edit running past its deadline, and a poisoned CUDA context.
+
+Neither Celery's time limits (prefork only) nor Python can interrupt a CUDA
+call inside the threads pool, so a stuck edit is ended the only sure way:
+the worker process exits (code 124) after withdrawing its presence record;
+the producer reroutes its items within seconds and the local cluster starts
+a fresh worker.
+
+After an illegal memory access (and some Xid errors) a CUDA context stays
+broken: the process lives on and every later call fails. A worker whose
+model raised CUDA-type errors on `sick_after` items in a row therefore
+retires: it withdraws its presence, finishes the current task (so its
+message is acknowledged) and shuts down warmly, which hands its reserved
+messages back to the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import threading
+import time
+
+log = logging.getLogger("editbatch.worker")
+
+EXIT_STUCK = 124
+CHECK_EVERY_S = 1.0
+# Messages of errors that leave a CUDA context unusable (not out-of-memory, which does not).
+_POISONED = re.compile(r"CUDA error|illegal memory access|CUBLAS_STATUS_(?!ALLOC)|cudaError|device-side assert|"
+                       r"unspecified launch failure|CUDNN_STATUS_(?!ALLOC)|AcceleratorError", re.I)
+
+
+def looks_poisoned(error: str | None) -> bool:
+    return bool(error) and bool(_POISONED.search(error))
+
+
+class Guard:
+    def __init__(self, name: str, presence, *, sick_after: int):
+        self.name = name
+        self.presence = presence  # the worker's presence record: withdrawn or marked retiring
+        self.sick_after = sick_after
+        self.consecutive = 0
+        self.retiring = False
+        self._lock = threading.Lock()
+        self._task: tuple[str, float] | None = None  # item id, deadline (monotonic)
+        self._thread = threading.Thread(target=self._watch, name="editbatch-watchdog", daemon=True)
+        self._thread.start()
+
+    def task_started(self, item_id: str, timeout_s: float | None) -> None:
+        with self._lock:
+            self._task = (item_id, time.monotonic() + timeout_s) if timeout_s else None
+
+    def task_finished(self, error: str | None) -> None:
+        """Count CUDA-type failures in a row; retire after `sick_after` of them."""
+        with self._lock:
+            self._task = None
+            self.consecutive = self.consecutive + 1 if looks_poisoned(error) else 0
+            sick = self.sick_after > 0 and self.consecutive >= self.sick_after and not self.retiring
+            if sick:
+                self.retiring = True
+        if sick:
+            log.error("%s: %d CUDA errors in a row (last: %s): this worker's GPU context looks broken; "
+                      "it stops taking work and exits", self.name, self.consecutive, error)
+            self.presence.publish(state="retiring")  # not "ready": the producer sends nothing more here
+            # After the task returns and is acknowledged: a warm shutdown returns reserved messages.
+            threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(CHECK_EVERY_S)
+            with self._lock:
+                task = self._task
+            if task is not None and time.monotonic() > task[1]:
+                log.error("%s: item %s ran past its timeout (schedule.task_timeout_s); ending this worker so "
+                          "the item can go elsewhere", self.name, task[0])
+                try:
+                    self.presence.withdraw()
+                finally:
+                    logging.shutdown()
+                    os._exit(EXIT_STUCK)
