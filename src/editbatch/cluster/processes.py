@@ -33,6 +33,7 @@ def stop_processes(procs: list[subprocess.Popen], first: signal.Signals, grace_s
     for p in live:
         try:
             p.send_signal(first)
+            p.send_signal(signal.SIGCONT)  # a stopped (hung) process acts on nothing until continued
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + grace_s
