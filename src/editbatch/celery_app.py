@@ -56,12 +56,16 @@ def _bind_device_from_env(app: Celery) -> None:
     if device.kind == "cuda":
         # Before anything imports torch; an operator's own setting wins.
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", str(device.index))
-    app.conf.task_queues = [Queue(device.queue), Queue(SHARED_QUEUE)]
+    queues = [device.queue, SHARED_QUEUE]
     config_path = os.environ.get("EDITBATCH_CONFIG")
     if config_path:
         from .config import load_config
+        from .models.identity import model_identity, shared_queue
 
-        app.conf.worker_send_task_events = load_config(config_path, check_dataset=False).cluster.task_events
+        config = load_config(config_path, check_dataset=False)
+        app.conf.worker_send_task_events = config.cluster.task_events
+        queues.insert(1, shared_queue(model_identity(config.model)))
+    app.conf.task_queues = [Queue(q) for q in queues]
     from .workers import hooks  # noqa: F401  (connects the worker signals)
 
 

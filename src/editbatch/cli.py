@@ -241,9 +241,14 @@ def _cmd_worker(args, parser) -> int:
 
     from .celery_app import app  # after the environment is set: it binds the device
 
+    from .models.identity import model_identity, shared_queue
+
+    # The model's own shared queue: workers of another model on this broker never take its items.
+    # The plain `shared` queue serves callers of the task contract that name no model.
+    queues = [device.queue, shared_queue(model_identity(config.model)), SHARED_QUEUE]
     app.worker_main([
         "worker", "--pool", "threads", "--concurrency", "1", "--prefetch-multiplier", str(config.cluster.prefetch),
-        "--queues", f"{device.queue},{SHARED_QUEUE}", "--hostname", f"{device.queue}@%h",
+        "--queues", ",".join(queues), "--hostname", f"{device.queue}@%h",
         "--without-mingle", "--without-gossip", "--loglevel", args.loglevel,
     ])
     return 0

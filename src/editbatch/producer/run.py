@@ -23,8 +23,8 @@ from ..barrier import BatchBarrier
 from ..celery_app import make_app
 from ..config import RunConfig, dump_config, mask_password
 from ..dataset import Item, check_items, load_dataset
-from ..devices import SHARED_QUEUE
 from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, ConfigError, RunCancelled
+from ..models.identity import model_identity, shared_queue
 from ..models.registry import get_model_class
 from ..output_folder import create_output_dir
 from ..scheduling import Assignment, make_policy
@@ -86,7 +86,7 @@ class Run:
         self.sched = config.schedule
         self.ns = config.cluster.namespace
         self.devices = [d.queue for d in config.devices]
-        self.model_id = {"type": config.model.type, "path": config.model.path}
+        self.model_id = model_identity(config.model)
         self.run_id = uuid.uuid4().hex[:12]
         self.progress = Progress(self.sched.mode, 0, self.devices, stream=stream)
         self.stream = stream
@@ -267,7 +267,7 @@ class Run:
     # ------------------------------------------------------------ one round
 
     def make_policy(self, n: int, devices: list[str], lookahead: int = 0):
-        return make_policy(self.sched.mode, n, devices, SHARED_QUEUE, max_skew=self.sched.max_skew,
+        return make_policy(self.sched.mode, n, devices, shared_queue(self.model_id), max_skew=self.sched.max_skew,
                            max_in_flight=self.sched.max_in_flight, lookahead=lookahead,
                            depth=self.config.cluster.prefetch + 1)
 

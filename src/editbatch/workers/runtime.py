@@ -21,6 +21,7 @@ from .. import keys, redisconn
 from ..config import ClusterConfig, ModelConfig, load_config
 from ..devices import Device, parse_device
 from ..models.base import EditModel
+from ..models.identity import model_identity, shared_queue
 from ..models.registry import get_model_class
 from .loading import LoadSlots
 from .presence import Presence
@@ -53,6 +54,11 @@ class WorkerRuntime:
     load_finished_at: float = 0.0
     roots: Roots = Roots((), ())  # where tasks may read and write (see roots.py)
     max_pixels: int = 0  # inputs above this many pixels are refused undecoded
+
+    @property
+    def loaded(self) -> dict[str, Any]:
+        """The identity of the model this worker holds now (it changes with a model switch)."""
+        return model_identity(self.model_config)
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -106,9 +112,10 @@ def start(broker_url: str, device_spec: str, config_path: str | Path) -> WorkerR
     host = socket.gethostname()
     name = f"{device.queue}@{host}"
     presence = Presence(redis, config.cluster.namespace, device.queue)
-    model_desc = {"type": config.model.type, "path": config.model.path}
+    model_desc = model_identity(config.model)
     presence.publish(state="loading", device=device.queue, queue=device.queue, host=host, pid=os.getpid(),
-                     worker=name, model=model_desc, load_started_at=None, load_finished_at=None)
+                     worker=name, model=model_desc, shared_queue=shared_queue(model_desc), load="cold",
+                     load_started_at=None, load_finished_at=None)
     if device.kind == "cpu":
         # A fixed count, not a share of the cores: float reductions split over another
         # number of threads round differently, and outputs must not depend on how
