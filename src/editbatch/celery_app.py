@@ -14,7 +14,7 @@ from kombu import Queue
 
 from .devices import SHARED_QUEUE, parse_device
 
-TASK_MODULES = ["editbatch.tasks.edit"]
+TASK_MODULES = ["editbatch.tasks.edit", "editbatch.workers.switching", "editbatch.jobs.task"]
 DEFAULT_VISIBILITY_TIMEOUT_S = 6 * 3600
 
 

@@ -20,15 +20,18 @@ from .redis_server import RedisServer
 
 
 class LocalCluster:
-    def __init__(self, config_path: Path, devices: list[Device], log_dir: Path):
+    def __init__(self, config_path: Path, devices: list[Device], log_dir: Path, *, broker: str | None = None):
+        """`broker`: workers on that Redis (`editbatch serve`); None starts a private one."""
         self.config_path = config_path
         self.devices = devices
         self.log_dir = log_dir
-        self.redis = RedisServer(log_dir)  # its log beside the workers' logs; nothing in the temp folder
+        self.broker = broker
+        # Its log beside the workers' logs; nothing in the temp folder.
+        self.redis = RedisServer(log_dir) if broker is None else None
         self.workers: dict[str, subprocess.Popen] = {}
 
     def start(self) -> str:
-        url = self.redis.start()
+        url = self.broker or self.redis.start()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for device in self.devices:
             env = {**os.environ, "EDITBATCH_BROKER": url, "PYTHONUNBUFFERED": "1"}
@@ -40,7 +43,8 @@ class LocalCluster:
             log.close()
         # Which processes belong to this run, for operators (and for checking none outlives it).
         (self.log_dir / "cluster.json").write_text(json.dumps({
-            "redis_pid": self.redis.process.pid, "redis_port": self.redis.port,
+            "redis_pid": self.redis.process.pid if self.redis else None,
+            "redis_port": self.redis.port if self.redis else None,
             "workers": {q: p.pid for q, p in self.workers.items()}}, indent=2) + "\n")
         return url
 
@@ -67,7 +71,8 @@ class LocalCluster:
         try:
             stop_processes(list(self.workers.values()), first, grace_s=15.0)
         finally:
-            self.redis.stop()
+            if self.redis is not None:
+                self.redis.stop()
 
     def __enter__(self) -> "LocalCluster":
         return self

@@ -78,16 +78,25 @@ def execute(config: RunConfig, *, source: str, options: RunOptions = RunOptions(
     return Run(config, source, options, stream).execute()
 
 
+Counts = dict[str, int]  # items total, ok, failed, invalid, pending
+
+
 class Run:
-    def __init__(self, config: RunConfig, source: str, options: RunOptions, stream: TextIO | None):
+    def __init__(self, config: RunConfig, source: str, options: RunOptions, stream: TextIO | None, *,
+                 run_id: str | None = None, on_progress: Callable[[Counts], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None):
+        """`run_id`, `on_progress` and `should_stop` let a caller (the job coordinator) name the run
+        beforehand, follow its counts as items finish, and stop it for a reason of its own."""
         self.config = config
+        self.on_progress = on_progress
+        self.should_stop = should_stop
         self.source = source
         self.options = options
         self.sched = config.schedule
         self.ns = config.cluster.namespace
         self.devices = [d.queue for d in config.devices]
         self.model_id = model_identity(config.model)
-        self.run_id = uuid.uuid4().hex[:12]
+        self.run_id = run_id or uuid.uuid4().hex[:12]
         self.progress = Progress(self.sched.mode, 0, self.devices, stream=stream)
         self.stream = stream
         self.failures: list[tuple[str, str]] = []
@@ -175,7 +184,8 @@ class Run:
         for run_id in earlier:
             # Their tasks still queued somewhere must not run next to ours.
             self.redis.set(keys.run_state(self.ns, run_id), "cancelled", xx=True, ex=keys.RUN_STATE_TTL_S)
-        self.redis.set(keys.run_state(self.ns, self.run_id), "running", ex=keys.RUN_STATE_TTL_S)
+        # nx: a run cancelled before it got here (a job cancelled while starting) stays cancelled.
+        self.redis.set(keys.run_state(self.ns, self.run_id), "running", ex=keys.RUN_STATE_TTL_S, nx=True)
         self.started_at = time.time()
         self.run_file = {
             "run_id": self.run_id, "name": self.config.name, "state": "running", "started_at": self.started_at,
@@ -194,6 +204,17 @@ class Run:
                 self.manifest.add(manifest_record(item, self.seeds[item.index]))
             elif item.index in self.carried.done:
                 self.manifest.add(self.carried.done[item.index])
+        self.report_progress()
+
+    def counts(self) -> Counts:
+        final = [r for r in self.manifest.records.values() if not r.get("retrying")]
+        ok, failed, invalid = (sum(1 for r in final if r.get("status") == s) for s in ("ok", "failed", "invalid"))
+        return {"total": len(self.items), "ok": ok, "failed": failed, "invalid": invalid,
+                "pending": len(self.items) - ok - failed - invalid}
+
+    def report_progress(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.counts())
 
     def dispatch(self, broker: str) -> None:
         """Round 0 sends every item still to do; each later round retries what failed, on live devices."""
@@ -312,6 +333,7 @@ class Run:
         if not self.record(item, result):
             self.progress.item_done(result.get("batch") if self.round == 0 else None, result.get("device"),
                                     result.get("started_at"), result.get("finished_at"))
+        self.report_progress()
 
     def record(self, item: Item, result: dict[str, Any]) -> bool:
         """Put one attempt's result in the manifest; True if the item failed and will be retried."""
@@ -351,6 +373,8 @@ class Run:
         state = {"at": 0.0}
 
         def check() -> bool:
+            if self.should_stop is not None and self.should_stop():
+                return True
             if time.monotonic() - state["at"] < CANCEL_CHECK_S:
                 return False
             state["at"] = time.monotonic()

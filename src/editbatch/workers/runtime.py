@@ -54,6 +54,7 @@ class WorkerRuntime:
     load_finished_at: float = 0.0
     roots: Roots = Roots((), ())  # where tasks may read and write (see roots.py)
     max_pixels: int = 0  # inputs above this many pixels are refused undecoded
+    model_slot: int = 0  # this device's position in cluster.devices (the simulated model's speed table)
 
     @property
     def loaded(self) -> dict[str, Any]:
@@ -145,7 +146,7 @@ def start(broker_url: str, device_spec: str, config_path: str | Path) -> WorkerR
     roots = roots_for(config)
     log.info("%s: reads images under %s; writes under %s", name, ", ".join(roots.inputs), ", ".join(roots.outputs))
     _current = WorkerRuntime(device, config.model, config.cluster, model, redis, presence, host, os.getpid(), name,
-                             started, finished, roots, config.dataset.max_pixels)
+                             started, finished, roots, config.dataset.max_pixels, model.slot)
     presence.publish(load_finished_at=finished)
     return _current
 
