@@ -139,6 +139,65 @@ def test_admission_limit_refuses_a_job_beyond_max_queued(service):
     redis.close()
 
 
+def test_a_job_through_flowers_rest_api(service, sample_image):
+    """POST send-task with basic auth, then follow the task's info and result, as the README's curl does."""
+    import base64
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    import yaml
+
+    from editbatch.cluster.redis_server import free_port
+
+    from .conftest import REPO
+
+    port = free_port()
+    flower = subprocess.Popen([sys.executable, "-m", "celery", "-A", "editbatch.celery_app", "flower",
+                               f"--port={port}", "--address=127.0.0.1", "--basic-auth=ops:secret"],
+                              env={**os.environ, "EDITBATCH_BROKER": service.url}, cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    auth = {"Authorization": "Basic " + base64.b64encode(b"ops:secret").decode(), "Content-Type": "application/json"}
+
+    def call(path, body=None):
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=auth, method="POST" if body else "GET",
+                                         data=json.dumps(body).encode() if body else None)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if any(name.startswith("jobs@") for name in call("/api/workers?refresh=1")):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        config = yaml.safe_load(service.job_config("http", 6, sample_image, seconds=0.3).read_text())
+        sent = call("/api/task/send-task/editbatch.job", {"kwargs": {"config": config}})
+        job_id = sent["task-id"]
+        states, result = set(), None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                info = call(f"/api/task/info/{job_id}")
+                states.add(info.get("state"))
+            except urllib.error.HTTPError:
+                pass  # not seen by Flower yet
+            result = call(f"/api/task/result/{job_id}")
+            if result.get("state") == "SUCCESS":
+                break
+            time.sleep(0.2)
+        assert result["state"] == "SUCCESS" and result["result"]["ok"] == 6 and result["result"]["job"] == job_id
+        assert "PROGRESS" in states or "STARTED" in states, states
+        assert JobStore(service.redis, "editbatch").get(job_id)["via"] == "celery"
+    finally:
+        flower.terminate()
+        flower.wait(10)
+
+
 def test_a_job_survives_a_coordinator_killed_mid_run(service, sample_image):
     """SIGKILL the coordinator (its workers finish their edit and go), start it again: the job resumes."""
     config = service.job_config("restart", 10, sample_image, seconds=0.5)

@@ -38,6 +38,8 @@ def make_app(broker_url: str, *, visibility_timeout_s: float = DEFAULT_VISIBILIT
         result_backend_transport_options=transport,
         result_expires=24 * 3600,
         task_default_queue=SHARED_QUEUE,
+        # A job sent without a queue (Flower's send-task, a bare send_task) goes to the coordinator.
+        task_routes={"editbatch.job": {"queue": "jobs"}},
         # Task events feed Flower; they cost a publish per task and state change.
         worker_send_task_events=task_events,
         task_send_sent_event=task_events,

@@ -172,7 +172,7 @@ class Run:
         records = wait_for_workers(self.redis, self.ns, self.devices, timeout_s=config.cluster.ready_timeout_s,
                                    model=self.model_id, check_alive=check_alive)
         write_json(self.out_dir / "workers.json", [
-            {k: r.get(k) for k in ("device", "queue", "host", "pid", "worker", "model", "load_started_at",
+            {k: r.get(k) for k in ("device", "queue", "host", "pid", "worker", "model", "load", "load_started_at",
                                     "load_finished_at", "ready_at")} for r in records.values()])
         loads = [(r["load_started_at"], r["load_finished_at"]) for r in records.values()]
         say(f"[editbatch] All workers ready: models loaded in "
