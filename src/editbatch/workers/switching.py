@@ -40,18 +40,17 @@ def switch_model(model: dict[str, Any]) -> dict[str, Any]:
         rt.presence.publish(state="ready")
         return {"device": rt.device.queue, "load": "none"}
     rt.presence.publish(state="loading", model=new_id, load_started_at=None, load_finished_at=None)
-    started = time.time()
     try:
         if identity.same_base(old_id, new_id) and hasattr(rt.model, "swap_lora"):
-            kind = "lora"
+            kind, started = "lora", time.time()
             rt.model.swap_lora(new)
+            finished = time.time()
         else:
             kind = "model"
-            _reload(rt, new)
+            started, finished = _reload(rt, new)
     except Exception as exc:
         rt.presence.publish(state="failed", error=f"{exc.__class__.__name__}: {exc}")
         raise
-    finished = time.time()
     rt.model_config = new
     rt.load_started_at, rt.load_finished_at = started, finished
     _move_shared_queue(rt.name, identity.shared_queue(old_id), identity.shared_queue(new_id))
@@ -61,7 +60,8 @@ def switch_model(model: dict[str, Any]) -> dict[str, Any]:
     return {"device": rt.device.queue, "load": kind, "seconds": finished - started}
 
 
-def _reload(rt: "runtime.WorkerRuntime", new: ModelConfig) -> None:
+def _reload(rt: "runtime.WorkerRuntime", new: ModelConfig) -> tuple[float, float]:
+    """Unload, then load `new` in a load slot; the load's start and end (slot held), as at start-up."""
     rt.model.unload()
     rt.model = None
     gc.collect()
@@ -71,8 +71,11 @@ def _reload(rt: "runtime.WorkerRuntime", new: ModelConfig) -> None:
     model.prepare()
     slots = LoadSlots(rt.redis, rt.cluster.namespace, rt.cluster.load_concurrency)
     with slots.hold(rt.name, timeout_s=rt.cluster.ready_timeout_s):
+        started = time.time()
         model.load()
+        finished = time.time()
     rt.model = model
+    return started, finished
 
 
 def _empty_cuda_cache() -> None:
