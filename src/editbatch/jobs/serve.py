@@ -69,7 +69,14 @@ def _run_coordinator(config: RunConfig, broker: str, loglevel: str) -> None:
     from .coordinator import Coordinator
 
     coordinator = Coordinator(config, broker)
-    worker_ready.connect(lambda **_: coordinator.start(), weak=False)
+    def ready(**_) -> None:
+        # Celery logs every success with its whole result (a summary) at INFO; failures stay logged.
+        import logging
+
+        logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
+        coordinator.start()
+
+    worker_ready.connect(ready, weak=False)
     worker_shutting_down.connect(lambda **_: coordinator.stopping.set(), weak=False)
     settings = config.jobs
     # One thread per job held: the running ones and those waiting for a slot (each holds its message).
