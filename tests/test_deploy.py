@@ -50,3 +50,14 @@ def test_config_used_by_compose_is_valid():
     config = load_config(REPO / "configs" / "qwen_image_edit_6gpu.yaml", check_dataset=False)
     assert [d.queue for d in config.devices] == [f"gpu{i}" for i in range(6)]
     assert config.model.type == "qwen_image_edit" and config.model.dtype == "bfloat16"
+
+
+def test_compose_runs_the_coordinator_with_a_valid_cluster_config(monkeypatch):
+    from editbatch.jobs.serve import load_cluster_config
+
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    command = services["coordinator"]["command"]
+    assert command[:2] == ["editbatch", "serve"] and "producer" in services
+    monkeypatch.setenv("EDITBATCH_BROKER", "redis://:x@redis:6379/0")
+    config = load_cluster_config(REPO / command[command.index("--config") + 1].replace("/workspace/", ""))
+    assert [d.queue for d in config.devices] == [f"gpu{i}" for i in range(6)] and config.jobs.max_queued == 100

@@ -14,7 +14,7 @@ from kombu import Queue
 
 from .devices import SHARED_QUEUE, parse_device
 
-TASK_MODULES = ["editbatch.tasks.edit"]
+TASK_MODULES = ["editbatch.tasks.edit", "editbatch.workers.switching", "editbatch.jobs.task"]
 DEFAULT_VISIBILITY_TIMEOUT_S = 6 * 3600
 
 
@@ -38,6 +38,8 @@ def make_app(broker_url: str, *, visibility_timeout_s: float = DEFAULT_VISIBILIT
         result_backend_transport_options=transport,
         result_expires=24 * 3600,
         task_default_queue=SHARED_QUEUE,
+        # A job sent without a queue (Flower's send-task, a bare send_task) goes to the coordinator.
+        task_routes={"editbatch.job": {"queue": "jobs"}},
         # Task events feed Flower; they cost a publish per task and state change.
         worker_send_task_events=task_events,
         task_send_sent_event=task_events,
@@ -61,12 +63,16 @@ def _bind_device_from_env(app: Celery) -> None:
     if device.kind == "cuda":
         # Before anything imports torch; an operator's own setting wins.
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", str(device.index))
-    app.conf.task_queues = [Queue(device.queue), Queue(SHARED_QUEUE)]
+    queues = [device.queue, SHARED_QUEUE]
     config_path = os.environ.get("EDITBATCH_CONFIG")
     if config_path:
         from .config import load_config
+        from .models.identity import model_identity, shared_queue
 
-        app.conf.worker_send_task_events = load_config(config_path, check_dataset=False).cluster.task_events
+        config = load_config(config_path, check_dataset=False)
+        app.conf.worker_send_task_events = config.cluster.task_events
+        queues.insert(1, shared_queue(model_identity(config.model)))
+    app.conf.task_queues = [Queue(q) for q in queues]
     from .workers import hooks  # noqa: F401  (connects the worker signals)
 
 

@@ -1,4 +1,4 @@
-"""The `editbatch` command: run, worker, validate, make-tiny, report, status.
+"""The `editbatch` command: run, worker, validate, make-tiny, report, status, and jobs (serve, submit...).
 
 Exit codes: 0 every item ok; 1 some items failed or were invalid; 2 a
 config, usage or cluster error (one line on stderr naming file and field);
@@ -55,9 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("output_dir")
     retry.add_argument("--broker", default=None, help="redis URL, for runs on an external broker")
 
-    cancel = sub.add_parser("cancel", help="cancel the run writing to OUTPUT_DIR; finished items are kept")
-    cancel.add_argument("output_dir")
+    cancel = sub.add_parser("cancel", help="cancel a job, or the run writing to OUTPUT_DIR; finished items are kept")
+    cancel.add_argument("output_dir", metavar="JOB_OR_DIR", help="a job id, or a run's output folder")
     cancel.add_argument("--broker", default=None, help="redis URL of the run's broker (default: EDITBATCH_BROKER)")
+    _add_cluster(cancel)
 
     worker = sub.add_parser("worker", help="start one worker bound to one device (and its queue)")
     _add_config(worker)
@@ -77,11 +78,44 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run output folders; several are compared by item id")
     report.add_argument("-o", "--output", help="the HTML file to write (default: RUN_DIR/report.html of the first run)")
 
-    status = sub.add_parser("status", help="progress of a running or finished run, from its files and Redis")
-    status.add_argument("run_dir", metavar="RUN_DIR")
+    status = sub.add_parser("status", help="progress of a job, or of a running or finished run folder")
+    status.add_argument("run_dir", metavar="JOB_OR_DIR", help="a job id, or a run's output folder")
     status.add_argument("--broker", default=os.environ.get("EDITBATCH_BROKER"),
                         help="redis URL with password, for per-device state (default: EDITBATCH_BROKER)")
+    status.add_argument("--json", action="store_true", help="a job's record as JSON")
+    _add_cluster(status)
+
+    serve = sub.add_parser("serve", help="run the job coordinator: queued jobs run one after another on the workers")
+    serve.add_argument("--config", dest="cluster_config", required=True, metavar="CLUSTER",
+                       help="cluster config: cluster (broker, devices, roots), model, jobs")
+    serve.add_argument("--broker", default=None, help="redis URL (default: EDITBATCH_BROKER, then cluster.broker)")
+    serve.add_argument("--start-workers", action="store_true", help="also start one worker per device (one box)")
+    serve.add_argument("--log-dir", default=None, help="with --start-workers: the workers' logs")
+    serve.add_argument("--loglevel", default="INFO")
+
+    submit = sub.add_parser("submit", help="queue run configs as jobs of `editbatch serve`; prints the job ids")
+    submit.add_argument("configs", nargs="+", metavar="CONFIG")
+    submit.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
+    submit.add_argument("--id", default=None, help="your own job id (submitting it again is harmless)")
+    submit.add_argument("--wait", action="store_true", help="wait until the jobs end")
+    submit.add_argument("--broker", default=None, help="redis URL (default: EDITBATCH_BROKER)")
+    _add_cluster(submit)
+
+    jobs = sub.add_parser("jobs", help="list jobs")
+    jobs.add_argument("--state", choices=["queued", "running", "done", "failed", "cancelled"])
+    jobs.add_argument("--broker", default=None, help="redis URL (default: EDITBATCH_BROKER)")
+    _add_cluster(jobs)
+
+    wait = sub.add_parser("wait", help="wait until a job ends (exit 0 all ok, 1 failures, 130 cancelled)")
+    wait.add_argument("job")
+    wait.add_argument("--broker", default=None, help="redis URL (default: EDITBATCH_BROKER)")
+    _add_cluster(wait)
     return parser
+
+
+def _add_cluster(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", dest="cluster_config", metavar="CLUSTER",
+                   help="the cluster config of `editbatch serve` (its broker, namespace and queue)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,10 +151,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{result.html}: {result.items} items, written in {result.seconds:.1f}s")
             return 0
         if args.command == "status":
+            if not os.path.isdir(args.run_dir):
+                from .jobs.commands import cmd_job_status
+
+                return cmd_job_status(args)
             from .run_status import read_status, render_status
 
             print(render_status(read_status(args.run_dir, args.broker)))
             return 0
+        if args.command in ("serve", "submit", "jobs", "wait"):
+            return _cmd_jobs(args, parser)
     except EditBatchError as exc:
         print(f"editbatch: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -178,8 +218,28 @@ def _cmd_resume(args) -> int:
     return execute(config, source=str(resolved), options=options).exit_code
 
 
+def _cmd_jobs(args, parser) -> int:
+    from .jobs import commands
+
+    if args.command == "serve":
+        from .jobs.serve import serve
+
+        return serve(args.cluster_config, broker=args.broker, start_workers=args.start_workers,
+                     log_dir=args.log_dir, loglevel=args.loglevel)
+    if args.command == "submit":
+        return commands.cmd_submit(args, parser)
+    if args.command == "jobs":
+        return commands.cmd_jobs(args)
+    return commands.cmd_wait(args)
+
+
 def _cmd_cancel(args) -> int:
     from pathlib import Path
+
+    if not os.path.isdir(args.output_dir):
+        from .jobs.commands import cmd_job_cancel
+
+        return cmd_job_cancel(args)
 
     from .producer.cancel import cancel_run
 
@@ -241,9 +301,14 @@ def _cmd_worker(args, parser) -> int:
 
     from .celery_app import app  # after the environment is set: it binds the device
 
+    from .models.identity import model_identity, shared_queue
+
+    # The model's own shared queue: workers of another model on this broker never take its items.
+    # The plain `shared` queue serves callers of the task contract that name no model.
+    queues = [device.queue, shared_queue(model_identity(config.model)), SHARED_QUEUE]
     app.worker_main([
         "worker", "--pool", "threads", "--concurrency", "1", "--prefetch-multiplier", str(config.cluster.prefetch),
-        "--queues", f"{device.queue},{SHARED_QUEUE}", "--hostname", f"{device.queue}@%h",
+        "--queues", ",".join(queues), "--hostname", f"{device.queue}@%h",
         "--without-mingle", "--without-gossip", "--loglevel", args.loglevel,
     ])
     return 0

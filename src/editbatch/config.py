@@ -130,6 +130,14 @@ class ScheduleConfig(_Strict):
                                       "or in the producer (next group sent after the last result)")
 
 
+class JobsConfig(_Strict):
+    """`editbatch serve`: how many jobs run at once and how many may wait."""
+
+    max_running: int = Field(default=1, ge=1, le=16, description="jobs run at the same time")
+    max_queued: int = Field(default=100, ge=1, le=10000, description="jobs waiting; more are refused at submit")
+    queue: str = Field(default="jobs", pattern=r"^[A-Za-z0-9_.-]+$", description="the coordinator's Celery queue")
+
+
 class RunConfig(_Strict):
     name: str = "run"
     dataset: DatasetConfig
@@ -137,6 +145,7 @@ class RunConfig(_Strict):
     model: ModelConfig
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
 
     @field_validator("output_dir")
     @classmethod
@@ -179,10 +188,19 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else None
         raise ConfigError(source, where, f"not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    return config_from_mapping(data, source, overrides, check_dataset=check_dataset)
+
+
+def config_from_mapping(data: Any, source: str, overrides: list[str] | tuple[str, ...] = (), *,
+                        check_dataset: bool = True) -> RunConfig:
+    """The checks of `load_config` for a config that arrives as a mapping (a submitted job)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(source, None, "top level must be a mapping of keys to values")
+    import copy
+
+    data = copy.deepcopy(data)
     for item in overrides:
         apply_override(data, item)
     data = translate_seed_config(data)

@@ -56,3 +56,37 @@ def item_claim(namespace: str, output_dir: str, item_id: str) -> str:
 
     digest = hashlib.sha1(f"{output_dir}\0{item_id}".encode()).hexdigest()[:24]
     return f"{namespace}:claim:{digest}"
+
+
+# ---------------------------------------------------------------- jobs (see jobs/store.py)
+
+JOB_LEASE_TTL_S = 10  # a coordinator that died lets go of its jobs after this long
+
+
+def job(namespace: str, job_id: str) -> str:
+    """The job record: a hash of JSON values (state, counts, times, config, summary, error)."""
+    return f"{namespace}:job:{job_id}"
+
+
+def jobs_all(namespace: str) -> str:
+    """Every job id, scored by submission time."""
+    return f"{namespace}:jobs"
+
+
+def jobs_queued(namespace: str) -> str:
+    """Jobs waiting for a run slot, scored so that the lowest score runs first (priority, then FIFO)."""
+    return f"{namespace}:jobs:queued"
+
+
+def jobs_running(namespace: str) -> str:
+    return f"{namespace}:jobs:running"
+
+
+def job_lease(namespace: str, job_id: str) -> str:
+    """Held by the coordinator thread that owns a job; gone when that coordinator dies."""
+    return f"{namespace}:job-lease:{job_id}"
+
+
+def jobs_settings(namespace: str) -> str:
+    """The coordinator's limits (max_queued, max_running), for clients that check admission."""
+    return f"{namespace}:jobs:settings"

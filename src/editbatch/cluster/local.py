@@ -37,14 +37,17 @@ MONITOR_EVERY_S = 0.5
 
 class LocalCluster:
     def __init__(self, config_path: Path, devices: list[Device], log_dir: Path, *, namespace: str = "editbatch",
-                 restarts: int = 0, say: Callable[[str], None] | None = None):
+                 restarts: int = 0, say: Callable[[str], None] | None = None, broker: str | None = None):
+        """`broker`: workers on that Redis (`editbatch serve`); None starts a private one."""
         self.config_path = config_path
         self.devices = {d.queue: d for d in devices}
         self.log_dir = log_dir
         self.namespace = namespace
         self.restarts_left = {d.queue: restarts for d in devices}
         self.say = say or (lambda text: None)
-        self.redis = RedisServer(log_dir)  # its log beside the workers' logs; nothing in the temp folder
+        self.broker = broker
+        # Its log beside the workers' logs; nothing in the temp folder.
+        self.redis = RedisServer(log_dir) if broker is None else None
         self.workers: dict[str, subprocess.Popen] = {}
         self.loading: set[str] = set()  # restarted workers that have not announced ready yet
         self.seen_ready: set[str] = set()
@@ -54,7 +57,7 @@ class LocalCluster:
         self.url = ""
 
     def start(self) -> str:
-        self.url = self.redis.start()
+        self.url = self.broker or self.redis.start()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for queue in self.devices:
             self._start_worker(queue)
@@ -73,7 +76,8 @@ class LocalCluster:
     def _write_pids(self) -> None:
         # Which processes belong to this run, for operators (and for checking none outlives it).
         (self.log_dir / "cluster.json").write_text(json.dumps({
-            "redis_pid": self.redis.process.pid, "redis_port": self.redis.port,
+            "redis_pid": self.redis.process.pid if self.redis else None,
+            "redis_port": self.redis.port if self.redis else None,
             "workers": {q: p.pid for q, p in self.workers.items()}}, indent=2) + "\n")
 
     def check_alive(self) -> None:
@@ -113,7 +117,7 @@ class LocalCluster:
                 self.say(f"[editbatch] cluster monitor: {exc.__class__.__name__}: {exc}")
 
     def _keep_redis(self) -> None:
-        if self.redis.process.poll() is None or self._stop.is_set():
+        if self.redis is None or self.redis.process.poll() is None or self._stop.is_set():
             return
         self.say(f"[editbatch] private Redis exited (code {self.redis.process.returncode}); starting it again")
         if self.redis.restart():
@@ -179,7 +183,8 @@ class LocalCluster:
         try:
             stop_processes(list(self.workers.values()), first, grace_s=15.0)
         finally:
-            self.redis.stop()
+            if self.redis is not None:
+                self.redis.stop()
 
     def __enter__(self) -> "LocalCluster":
         return self

@@ -67,6 +67,9 @@ class EditModel:
     def edit(self, request: EditRequest) -> EditResult:
         raise NotImplementedError
 
+    def unload(self) -> None:
+        """Drop the weights before another model is loaded on this device (a model switch)."""
+
     def describe(self) -> dict[str, Any]:
         """What the worker advertises in its readiness record."""
         return {"type": self.name, "path": self.config.path, "dtype": self.config.dtype}

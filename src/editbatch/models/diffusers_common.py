@@ -192,6 +192,11 @@ def apply_lora(pipe, lora) -> None:
         raise ModelLoadError(f"cannot load LoRA {lora.path}: {exc}") from exc
 
 
+def remove_lora(pipe) -> None:
+    if getattr(pipe, "get_list_adapters", None) and any(pipe.get_list_adapters().values()):
+        pipe.unload_lora_weights()
+
+
 def place(pipe, offload: str, torch_device: str) -> None:
     if offload != "none" and not torch_device.startswith("cuda"):
         log.warning("offload=%s ignored on %s: the weights already live in CPU memory", offload, torch_device)
@@ -274,6 +279,16 @@ class DiffusersEditModel(EditModel):
 
     def prepare(self) -> None:
         prepare_pipeline(self.config, pipeline_class=self.pipeline_class, tiny_family=self.tiny_family)
+
+    def unload(self) -> None:
+        self.pipe = None
+
+    def swap_lora(self, config: "ModelConfig") -> None:
+        """Same base, another LoRA (or none): the base weights stay, only the adapter changes."""
+        remove_lora(self.pipe)
+        if config.lora is not None:
+            apply_lora(self.pipe, config.lora)
+        self.config = config
 
     def load(self) -> None:
         self.pipe = load_pipeline(

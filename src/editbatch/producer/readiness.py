@@ -8,6 +8,7 @@ from typing import Any, Callable
 from redis import Redis
 
 from ..errors import ClusterError
+from ..models import identity
 from ..workers.presence import read_workers
 
 
@@ -41,8 +42,9 @@ def wait_for_workers(redis: Redis, namespace: str, queues: list[str], *, timeout
 
 
 def _check_models(records: dict[str, dict[str, Any] | None], model: dict[str, Any]) -> None:
-    wrong = [f"{q} serves {r['model'].get('type')} ({r['model'].get('path')})"
-             for q, r in records.items() if r and r.get("model") != model]
+    """Every worker must hold exactly the model asked for: dtype, LoRA and the rest, not only type and path."""
+    wrong = [f"{q} serves {identity.describe(r.get('model'))}: {identity.difference(model, r.get('model'))}"
+             for q, r in records.items() if r and not identity.matches(model, r.get("model"))]
     if wrong:
-        raise ClusterError(f"workers serve another model than this run's {model['type']} ({model['path']}): "
+        raise ClusterError(f"workers serve another model than this run's {identity.describe(model)}: "
                            + "; ".join(wrong))

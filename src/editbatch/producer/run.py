@@ -23,8 +23,8 @@ from ..barrier import BatchBarrier
 from ..celery_app import make_app
 from ..config import RunConfig, dump_config, mask_password
 from ..dataset import Item, check_items, load_dataset
-from ..devices import SHARED_QUEUE
 from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, ConfigError, RunCancelled
+from ..models.identity import model_identity, shared_queue
 from ..models.registry import get_model_class
 from ..output_folder import create_output_dir
 from ..scheduling import Assignment, make_policy
@@ -79,16 +79,25 @@ def execute(config: RunConfig, *, source: str, options: RunOptions = RunOptions(
     return Run(config, source, options, stream).execute()
 
 
+Counts = dict[str, int]  # items total, ok, failed, invalid, pending
+
+
 class Run:
-    def __init__(self, config: RunConfig, source: str, options: RunOptions, stream: TextIO | None):
+    def __init__(self, config: RunConfig, source: str, options: RunOptions, stream: TextIO | None, *,
+                 run_id: str | None = None, on_progress: Callable[[Counts], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None):
+        """`run_id`, `on_progress` and `should_stop` let a caller (the job coordinator) name the run
+        beforehand, follow its counts as items finish, and stop it for a reason of its own."""
         self.config = config
+        self.on_progress = on_progress
+        self.should_stop = should_stop
         self.source = source
         self.options = options
         self.sched = config.schedule
         self.ns = config.cluster.namespace
         self.devices = [d.queue for d in config.devices]
-        self.model_id = {"type": config.model.type, "path": config.model.path}
-        self.run_id = uuid.uuid4().hex[:12]
+        self.model_id = model_identity(config.model)
+        self.run_id = run_id or uuid.uuid4().hex[:12]
         self.progress = Progress(self.sched.mode, 0, self.devices, stream=stream)
         self.stream = stream
         self.failures: list[tuple[str, str]] = []
@@ -171,7 +180,7 @@ class Run:
         records = wait_for_workers(self.redis, self.ns, self.devices, timeout_s=config.cluster.ready_timeout_s,
                                    model=self.model_id, check_alive=check_alive)
         write_json(self.out_dir / "workers.json", [
-            {k: r.get(k) for k in ("device", "queue", "host", "pid", "worker", "model", "load_started_at",
+            {k: r.get(k) for k in ("device", "queue", "host", "pid", "worker", "model", "load", "load_started_at",
                                     "load_finished_at", "ready_at")} for r in records.values()])
         loads = [(r["load_started_at"], r["load_finished_at"]) for r in records.values()]
         say(f"[editbatch] All workers ready: models loaded in "
@@ -183,7 +192,8 @@ class Run:
         for run_id in earlier:
             # Their tasks still queued somewhere must not run next to ours.
             self.redis.set(keys.run_state(self.ns, run_id), "cancelled", xx=True, ex=keys.RUN_STATE_TTL_S)
-        self.redis.set(keys.run_state(self.ns, self.run_id), "running", ex=keys.RUN_STATE_TTL_S)
+        # nx: a run cancelled before it got here (a job cancelled while starting) stays cancelled.
+        self.redis.set(keys.run_state(self.ns, self.run_id), "running", ex=keys.RUN_STATE_TTL_S, nx=True)
         self.started_at = time.time()
         self.run_file = {
             "run_id": self.run_id, "name": self.config.name, "state": "running", "started_at": self.started_at,
@@ -202,6 +212,17 @@ class Run:
                 self.manifest.add(manifest_record(item, self.seeds[item.index]))
             elif item.index in self.carried.done:
                 self.manifest.add(self.carried.done[item.index])
+        self.report_progress()
+
+    def counts(self) -> Counts:
+        final = [r for r in self.manifest.records.values() if not r.get("retrying")]
+        ok, failed, invalid = (sum(1 for r in final if r.get("status") == s) for s in ("ok", "failed", "invalid"))
+        return {"total": len(self.items), "ok": ok, "failed": failed, "invalid": invalid,
+                "pending": len(self.items) - ok - failed - invalid}
+
+    def report_progress(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.counts())
 
     def dispatch(self, broker: str) -> None:
         """Round 0 sends every item still to do; each later round retries what failed, on live devices."""
@@ -215,7 +236,8 @@ class Run:
         self.dispatch_started_at = time.time()
         self.progress.start()
         self.watch = RunWatch(self.redis, self.ns, self.run_id, self.out_dir, seeds=self.seeds,
-                              ids={i.index: i.id for i in self.items}, model=self.model_id)
+                              ids={i.index: i.id for i in self.items}, model=self.model_id,
+                              shared=shared_queue(self.model_id))
         live, items, self.round = list(self.devices), self.todo, 0
         while items:
             self.dispatch_round(items, live)
@@ -295,7 +317,7 @@ class Run:
     # ------------------------------------------------------------ one round
 
     def make_policy(self, n: int, devices: list[str], lookahead: int = 0):
-        return make_policy(self.sched.mode, n, devices, SHARED_QUEUE, max_skew=self.sched.max_skew,
+        return make_policy(self.sched.mode, n, devices, shared_queue(self.model_id), max_skew=self.sched.max_skew,
                            max_in_flight=self.sched.max_in_flight, lookahead=lookahead,
                            depth=self.config.cluster.prefetch + 1)
 
@@ -342,6 +364,7 @@ class Run:
         if not self.record(item, result):
             self.progress.item_done(result.get("batch") if self.round == 0 else None, result.get("device"),
                                     result.get("started_at"), result.get("finished_at"))
+        self.report_progress()
 
     def record(self, item: Item, result: dict[str, Any]) -> bool:
         """Put one attempt's result in the manifest; True if the item failed and will be retried."""
@@ -399,6 +422,8 @@ class Run:
         state = {"at": 0.0}
 
         def check() -> bool:
+            if self.should_stop is not None and self.should_stop():
+                return True
             if time.monotonic() - state["at"] < CANCEL_CHECK_S:
                 return False
             state["at"] = time.monotonic()

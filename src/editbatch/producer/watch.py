@@ -19,13 +19,12 @@ from typing import Any, Iterable
 from redis import Redis
 
 from .. import ledger
-from ..devices import SHARED_QUEUE
 from ..workers.presence import read_workers
 
 
 class RunWatch:
     def __init__(self, redis: Redis, namespace: str, run_id: str, output_dir: Path, *,
-                 seeds: dict[int, int], ids: dict[int, str], model: dict[str, Any]):
+                 seeds: dict[int, int], ids: dict[int, str], model: dict[str, Any], shared: str):
         self.redis = redis
         self.namespace = namespace
         self.run_id = run_id
@@ -33,6 +32,7 @@ class RunWatch:
         self.seeds = seeds
         self.ids = ids
         self.model = model
+        self.shared = shared  # the shared queue of this run's model
 
     def presence(self, queues: Iterable[str]) -> dict[str, dict[str, Any] | None]:
         """Presence records of live, serving workers; None for a device whose worker is gone or not serving."""
@@ -42,7 +42,7 @@ class RunWatch:
     def queued(self, queues: Iterable[str]) -> set[int]:
         """Item indexes of this run whose messages wait in a queue (not yet taken by a worker)."""
         found: set[int] = set()
-        names = sorted(set(queues) | {SHARED_QUEUE})
+        names = sorted(set(queues) | {self.shared})
         with self.redis.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.lrange(name, 0, -1)

@@ -15,6 +15,7 @@ from .. import keys, ledger, redisconn
 from ..barrier import BatchBarrier
 from ..imageio import load_rgb, save_png
 from ..leases import Lease
+from ..models import identity
 from ..models.base import EditRequest
 from ..workers import runtime
 from ..workers.roots import confine
@@ -25,15 +26,20 @@ log = get_task_logger("editbatch.task")
 
 CLAIM_POLL_S = 0.5
 STOP_POLL_S = 0.5
+# A task for another model is sent on instead of failed: to its model's shared queue, or back to its
+# device queue after a pause (the worker may be switching models). Bounded, so it cannot circle forever.
+MAX_REDIRECTS = 30
+REDIRECT_PAUSE_S = 2.0
 
 
-@shared_task(name=TASK_NAME, acks_late=True, throws=(ItemFailed,))
-def edit(payload: dict) -> dict:
+@shared_task(name=TASK_NAME, bind=True, acks_late=True, throws=(ItemFailed,))
+def edit(self, payload: dict) -> dict:
     task = EditTask.from_payload(payload)
     rt = runtime.current()
     if rt.run_ended(task.run):
         log.info("%s: %s skipped: run %s has ended", rt.device.queue, task.id, task.run)
         return {"id": task.id, "index": task.index, "status": "skipped", "run": task.run}
+    _redirect_if_other_model(self, task, rt)
     result = {"id": task.id, "index": task.index, "batch": task.batch, "seed": task.seed,
               "submitted_at": task.submitted_at, **rt.identity,
               "status": "failed", "output": None, "error": None, "info": {}, "work_s": None,
@@ -63,6 +69,18 @@ def edit(payload: dict) -> dict:
     if task.report:
         rt.report(task.report, result)
     return fail_task_if_failed(result)  # after reporting: Flower shows a failed item as FAILURE
+
+
+def _redirect_if_other_model(celery_task, task: EditTask, rt: "runtime.WorkerRuntime") -> None:
+    if identity.matches(task.model, rt.loaded) or celery_task.request.retries >= MAX_REDIRECTS:
+        return  # ours, or redirected too often: `_check_model` fails the item with the reason
+    came_from = (celery_task.request.delivery_info or {}).get("routing_key") or ""
+    complete = isinstance(task.model, dict) and set(identity.FIELDS) <= set(task.model)
+    to_shared = complete and came_from.startswith("shared")
+    queue = identity.shared_queue(task.model) if to_shared else came_from or None
+    log.info("%s: %s asks for %s, this worker holds %s: sent on to %s", rt.device.queue, task.id,
+             identity.describe(task.model), identity.describe(rt.loaded), queue)
+    raise celery_task.retry(queue=queue, countdown=0 if to_shared else REDIRECT_PAUSE_S, max_retries=MAX_REDIRECTS)
 
 
 def _barrier(data: dict, rt: "runtime.WorkerRuntime") -> BatchBarrier:
@@ -115,11 +133,9 @@ def _run(task: EditTask, rt: "runtime.WorkerRuntime", result: dict) -> None:
 
 
 def _check_model(task: EditTask, rt: "runtime.WorkerRuntime") -> None:
-    wanted = task.model or {}
-    loaded = rt.model_config
-    if wanted and (wanted.get("type") != loaded.type or wanted.get("path", loaded.path) != loaded.path):
-        raise RuntimeError(f"this worker serves {loaded.type} ({loaded.path}), the task asks for "
-                           f"{wanted.get('type')} ({wanted.get('path')})")
+    if not identity.matches(task.model, rt.loaded):
+        raise RuntimeError(f"this worker serves {identity.describe(rt.loaded)}, the task asks for "
+                           f"{identity.describe(task.model)} ({identity.difference(task.model, rt.loaded)})")
 
 
 def _claim(task: EditTask, rt: "runtime.WorkerRuntime") -> Lease | dict:

@@ -21,6 +21,7 @@ from .. import keys, redisconn
 from ..config import ClusterConfig, ModelConfig, load_config
 from ..devices import Device, parse_device
 from ..models.base import EditModel
+from ..models.identity import model_identity, shared_queue
 from ..models.registry import get_model_class
 from .loading import LoadSlots
 from .guard import Guard
@@ -54,7 +55,13 @@ class WorkerRuntime:
     load_finished_at: float = 0.0
     roots: Roots = Roots((), ())  # where tasks may read and write (see roots.py)
     max_pixels: int = 0  # inputs above this many pixels are refused undecoded
+    model_slot: int = 0  # this device's position in cluster.devices (the simulated model's speed table)
     guard: Guard | None = None  # watchdog for stuck edits, retirement after repeated CUDA errors
+
+    @property
+    def loaded(self) -> dict[str, Any]:
+        """The identity of the model this worker holds now (it changes with a model switch)."""
+        return model_identity(self.model_config)
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -119,9 +126,10 @@ def start(broker_url: str, device_spec: str, config_path: str | Path) -> WorkerR
     host = socket.gethostname()
     name = f"{device.queue}@{host}"
     presence = Presence(redis, config.cluster.namespace, device.queue)
-    model_desc = {"type": config.model.type, "path": config.model.path}
+    model_desc = model_identity(config.model)
     presence.publish(state="loading", device=device.queue, queue=device.queue, host=host, pid=os.getpid(),
-                     worker=name, model=model_desc, load_started_at=None, load_finished_at=None)
+                     worker=name, model=model_desc, shared_queue=shared_queue(model_desc), load="cold",
+                     load_started_at=None, load_finished_at=None)
     if device.kind == "cpu":
         # A fixed count, not a share of the cores: float reductions split over another
         # number of threads round differently, and outputs must not depend on how
@@ -151,7 +159,7 @@ def start(broker_url: str, device_spec: str, config_path: str | Path) -> WorkerR
     roots = roots_for(config)
     log.info("%s: reads images under %s; writes under %s", name, ", ".join(roots.inputs), ", ".join(roots.outputs))
     _current = WorkerRuntime(device, config.model, config.cluster, model, redis, presence, host, os.getpid(), name,
-                             started, finished, roots, config.dataset.max_pixels,
+                             started, finished, roots, config.dataset.max_pixels, model.slot,
                              Guard(name, presence, sick_after=config.cluster.sick_after))
     presence.publish(load_finished_at=finished)
     return _current

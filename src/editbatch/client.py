@@ -1,0 +1,122 @@
+"""Submit runs to `editbatch serve` from Python, and follow them.
+
+    from editbatch.client import Client
+    client = Client("redis://:secret@redis-host:6379/0")
+    job = client.submit(config)          # a run config as a mapping, absolute paths
+    print(job.id, job.status()["state"])
+    summary = job.wait(timeout=3600)     # the run's summary; JobFailed if it failed or was cancelled
+
+Submitting writes the job record (so it is listed as queued at once and the
+admission limit is checked) and sends the `editbatch.job` message that the
+coordinator picks up. A job id given twice names the same job.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from typing import Any
+
+from . import keys, redisconn
+from .jobs.contract import DEFAULT_QUEUE, TASK_NAME, VERSION, JobFailed
+from .jobs.store import FINAL, JOB_ID, JobStore, QueueFull
+
+__all__ = ["Client", "Job", "JobFailed", "QueueFull", "UnknownJob", "submit", "list_jobs"]
+
+
+class UnknownJob(LookupError):
+    """No job with this id in this namespace."""
+
+
+class Client:
+    def __init__(self, broker: str | None = None, *, namespace: str = "editbatch", queue: str = DEFAULT_QUEUE):
+        self.broker = broker or os.environ.get("EDITBATCH_BROKER")
+        if not self.broker:
+            raise ValueError("no broker: pass its redis:// URL or set EDITBATCH_BROKER")
+        self.ns = namespace
+        self.queue = queue
+        self.redis = redisconn.connect(self.broker)
+        self.store = JobStore(self.redis, namespace)
+        self._app = None
+
+    @property
+    def app(self):
+        if self._app is None:
+            from .celery_app import make_app
+
+            self._app = make_app(self.broker)
+        return self._app
+
+    def submit(self, config: dict[str, Any], *, priority: int = 0, job_id: str | None = None) -> "Job":
+        job_id = job_id or uuid.uuid4().hex[:16]
+        if not JOB_ID.match(job_id):
+            raise ValueError(f"job id {job_id!r}: use 1 to 64 of A-Z a-z 0-9 _ . -")
+        if self.store.create(job_id, config, priority=priority):
+            self.app.send_task(TASK_NAME, task_id=job_id, queue=self.queue,
+                               kwargs={"config": config, "priority": priority, "v": VERSION})
+        return Job(self, job_id)
+
+    def job(self, job_id: str) -> "Job":
+        if self.store.get(job_id) is None:
+            raise UnknownJob(f"no job {job_id!r}")
+        return Job(self, job_id)
+
+    def list_jobs(self, state: str | None = None) -> list[dict[str, Any]]:
+        return self.store.list(state)
+
+    def close(self) -> None:
+        self.redis.close()
+        if self._app is not None:
+            self._app.close()
+
+
+class Job:
+    def __init__(self, client: Client, job_id: str):
+        self.client = client
+        self.id = job_id
+
+    def status(self) -> dict[str, Any]:
+        record = self.client.store.get(self.id)
+        if record is None:
+            raise UnknownJob(f"no job {self.id!r}")
+        return record
+
+    def wait(self, timeout: float | None = None, poll_s: float = 0.5) -> dict[str, Any]:
+        """The run's summary once the job is done; JobFailed when it failed or was cancelled, TimeoutError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            record = self.status()
+            if record["state"] == "done":
+                return record.get("summary") or {}
+            if record["state"] in FINAL:
+                raise JobFailed(record.get("error") or record["state"], record["state"])
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {self.id} still {record['state']} after {timeout:g}s")
+            time.sleep(poll_s)
+
+    def cancel(self) -> str:
+        """Stop this job only: queued, it never starts; running, its items stop and what finished is kept."""
+        before = self.client.store.request_cancel(self.id)
+        if before is None:
+            raise UnknownJob(f"no job {self.id!r}")
+        if before in FINAL:
+            return f"job {self.id} had already ended ({before})"
+        if before == "queued":
+            return f"job {self.id}: cancelled before it started"
+        run_id = self.status().get("run_id")
+        if run_id:
+            self.client.redis.set(keys.run_state(self.client.ns, run_id), "cancelled", ex=keys.RUN_STATE_TTL_S)
+        return f"job {self.id}: cancel requested; its running edits stop at the next step"
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r})"
+
+
+def submit(config: dict[str, Any], *, broker: str | None = None, priority: int = 0, job_id: str | None = None,
+           namespace: str = "editbatch") -> Job:
+    return Client(broker, namespace=namespace).submit(config, priority=priority, job_id=job_id)
+
+
+def list_jobs(state: str | None = None, *, broker: str | None = None, namespace: str = "editbatch"):
+    return Client(broker, namespace=namespace).list_jobs(state)

@@ -1,0 +1,1 @@
+"""Jobs: whole runs submitted to a long-lived coordinator (`editbatch serve`) and queued in Redis."""

@@ -1,0 +1,215 @@
+"""Jobs end to end: `editbatch serve` with its workers on a real Redis; submit, follow, cancel, restart."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections import Counter
+
+import pytest
+
+from editbatch.jobs.store import JobStore, QueueFull
+from editbatch.redisconn import connect
+
+from .conftest import read_jsonl, read_run
+from .jobs_helpers import Service, wait_state
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    svc = Service(tmp_path_factory.mktemp("service"), model={"type": "simulated", "path": "sim"},
+                  devices=["cpu", "cpu"])
+    svc.start()
+    try:
+        yield svc
+    finally:
+        svc.close()
+
+
+def test_submit_wait_status_and_list_from_the_cli(service, sample_image):
+    configs = [service.job_config(f"cli-{k}", 6, sample_image) for k in range(2)]
+    submitted_at = time.time()
+    proc = service.cli("submit", *map(str, configs))
+    assert proc.returncode == 0, proc.stderr
+    ids = proc.stdout.split()
+    assert len(ids) == 2
+    waited = service.cli("wait", ids[1])
+    assert waited.returncode == 0 and "done: 6 ok, 0 failed, 0 invalid" in waited.stdout, waited.stdout + service.log()
+    status = json.loads(service.cli("status", ids[0], "--json").stdout)
+    assert status["state"] == "done" and status["counts"] == {"total": 6, "ok": 6, "failed": 0, "invalid": 0,
+                                                              "pending": 0}
+    assert status["summary"]["ok"] == 6 and status["started_at"] >= status["submitted_at"]
+    manifest, summary = read_run(service.root / "runs" / "cli-0")
+    assert summary["ok"] == 6
+    latency = min(r["started_at"] for r in manifest) - submitted_at
+    print(f"submit -> first item started with warm workers: {latency:.2f}s")
+    assert latency < 5
+    text = service.cli("status", ids[0]).stdout
+    assert f"job {ids[0]} (cli-0): done" in text and "items: 6/6 done: 6 ok" in text
+    listed = service.cli("jobs", "--state", "done").stdout
+    assert all(i in listed for i in ids)
+    # No model switch was needed: the workers' model was loaded once, at start.
+    assert status["switch"]["switched"] == []
+
+
+def test_same_id_twice_is_one_job_and_priority_goes_first(service, sample_image):
+    slow = service.job_config("blocker", 4, sample_image, seconds=0.5)
+    low = service.job_config("low", 2, sample_image)
+    high = service.job_config("high", 2, sample_image)
+    assert service.cli("submit", str(slow), "--id", "blocker-1").stdout.strip() == "blocker-1"
+    wait_state(service, "blocker-1", ("running",))
+    assert service.cli("submit", str(low), "--id", "low-1").returncode == 0
+    assert service.cli("submit", str(high), "--id", "high-1", "--priority", "5").returncode == 0
+    again = service.cli("submit", str(low), "--id", "low-1")
+    assert again.returncode == 0 and again.stdout.strip() == "low-1"
+    assert service.cli("wait", "low-1").returncode == 0
+    store = JobStore(service.redis, "editbatch")
+    low_r, high_r = store.get("low-1"), store.get("high-1")
+    assert high_r["started_at"] < low_r["started_at"]  # submitted later, ran first
+    assert sum(1 for r in store.list() if r["id"] == "low-1") == 1
+    assert len(read_jsonl(service.root / "low.calls.jsonl")) == 2  # ran once
+
+
+def test_cancel_stops_one_job_and_a_queued_one_never_starts(service, sample_image):
+    long = service.job_config("long", 12, sample_image, seconds=1.0)
+    queued = service.job_config("queued", 3, sample_image)
+    after = service.job_config("after", 3, sample_image)
+    ids = service.cli("submit", str(long), str(queued)).stdout.split()
+    wait_state(service, ids[0], ("running",))
+    calls = service.root / "long.calls.jsonl"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (calls.exists() and len(read_jsonl(calls)) >= 3):
+        time.sleep(0.1)
+    assert "cancelled before it started" in service.cli("cancel", ids[1]).stdout
+    proc = service.cli("cancel", ids[0])
+    assert proc.returncode == 0 and "cancel requested" in proc.stdout, proc.stderr
+    record = wait_state(service, ids[0], ("cancelled",), timeout=30)
+    out = service.root / "runs" / "long"
+    kept = {p.name for p in (out / "records").glob("*.json")}
+    assert record["counts"]["ok"] == len(kept) < 12
+    time.sleep(1.5)  # a running edit would have finished by now
+    assert {p.name for p in (out / "records").glob("*.json")} == kept
+    assert wait_state(service, ids[1], ("cancelled",))["started_at"] is None
+    assert not (service.root / "runs" / "queued").exists()
+    assert service.cli("wait", ids[0]).returncode == 130
+    # The workers keep serving the next job.
+    nxt = service.cli("submit", str(after), "--wait")
+    assert nxt.returncode == 0, nxt.stdout + nxt.stderr
+
+
+def test_a_job_outside_the_roots_or_with_a_bad_config_fails_with_one_line(service, sample_image, tmp_path):
+    from editbatch.client import Client, JobFailed
+
+    client = Client(service.url)
+    config = {"name": "outside", "dataset": {"path": str(service.root / "data" / "cli-0" / "dataset.jsonl")},
+              "output_dir": str(tmp_path / "elsewhere"), "model": {"type": "simulated", "path": "sim"}}
+    job = client.submit(config)
+    with pytest.raises(JobFailed, match=r"output_dir: .* is outside the coordinator's output roots"):
+        job.wait(timeout=30)
+    assert not (tmp_path / "elsewhere").exists()
+    bad = client.submit({**config, "output_dir": str(service.root / "runs" / "bad"), "schedule": {"mdoe": "sync"}})
+    with pytest.raises(JobFailed, match=r"^job \w+: schedule.mdoe: unknown key; did you mean 'mode'\?$"):
+        bad.wait(timeout=30)
+    client.close()
+
+
+def test_the_python_client_submits_follows_and_lists(service, sample_image):
+    import yaml
+
+    from editbatch.client import Client
+
+    client = Client(service.url)
+    config = yaml.safe_load(service.job_config("py", 4, sample_image).read_text())
+    job = client.submit(config, job_id="py-1")
+    summary = job.wait(timeout=60)
+    assert summary["ok"] == 4 and job.status()["state"] == "done"
+    assert "py-1" in {r["id"] for r in client.list_jobs("done")}
+    client.close()
+
+
+def test_admission_limit_refuses_a_job_beyond_max_queued(service):
+    redis = connect(service.url)
+    store = JobStore(redis, "admission-test")
+    store.create("a", {}, max_queued=2)
+    store.create("b", {}, max_queued=2)
+    assert store.create("a", {}, max_queued=2) is False  # the same id again: nothing new
+    with pytest.raises(QueueFull, match="queue is full"):
+        store.create("c", {}, max_queued=2)
+    redis.close()
+
+
+def test_a_job_through_flowers_rest_api(service, sample_image):
+    """POST send-task with basic auth, then follow the task's info and result, as the README's curl does."""
+    import base64
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    import yaml
+
+    from editbatch.cluster.redis_server import free_port
+
+    from .conftest import REPO
+
+    port = free_port()
+    flower = subprocess.Popen([sys.executable, "-m", "celery", "-A", "editbatch.celery_app", "flower",
+                               f"--port={port}", "--address=127.0.0.1", "--basic-auth=ops:secret"],
+                              env={**os.environ, "EDITBATCH_BROKER": service.url}, cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    auth = {"Authorization": "Basic " + base64.b64encode(b"ops:secret").decode(), "Content-Type": "application/json"}
+
+    def call(path, body=None):
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=auth, method="POST" if body else "GET",
+                                         data=json.dumps(body).encode() if body else None)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if any(name.startswith("jobs@") for name in call("/api/workers?refresh=1")):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        config = yaml.safe_load(service.job_config("http", 6, sample_image, seconds=0.3).read_text())
+        sent = call("/api/task/send-task/editbatch.job", {"kwargs": {"config": config}})
+        job_id = sent["task-id"]
+        states, result = set(), None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                info = call(f"/api/task/info/{job_id}")
+                states.add(info.get("state"))
+            except urllib.error.HTTPError:
+                pass  # not seen by Flower yet
+            result = call(f"/api/task/result/{job_id}")
+            if result.get("state") == "SUCCESS":
+                break
+            time.sleep(0.2)
+        assert result["state"] == "SUCCESS" and result["result"]["ok"] == 6 and result["result"]["job"] == job_id
+        assert "PROGRESS" in states or "STARTED" in states, states
+        assert JobStore(service.redis, "editbatch").get(job_id)["via"] == "celery"
+    finally:
+        flower.terminate()
+        flower.wait(10)
+
+
+def test_a_job_survives_a_coordinator_killed_mid_run(service, sample_image):
+    """SIGKILL the coordinator (its workers finish their edit and go), start it again: the job resumes."""
+    config = service.job_config("restart", 10, sample_image, seconds=0.5)
+    job_id = service.cli("submit", str(config)).stdout.strip()
+    calls = service.root / "restart.calls.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (calls.exists() and len(read_jsonl(calls)) >= 4):
+        time.sleep(0.1)
+    service.stop(signal.SIGKILL)
+    assert wait_state(service, job_id, ("running",))["attempts"] == 1
+    service.start()
+    record = wait_state(service, job_id, ("done",), timeout=120)
+    assert record["attempts"] == 2 and record["summary"]["ok"] == 10 and record["summary"]["reused"] >= 3
+    counted = Counter(c["id"] for c in read_jsonl(calls))
+    assert len(counted) == 10 and sum(counted.values()) <= 10 + 2  # at most the edits cut short ran again
