@@ -105,8 +105,9 @@ def test_worker_stopped_mid_run(tmp_path, sample_image, mode):
         if wait_gone([victim], timeout=0.1):
             os.kill(victim, signal.SIGKILL)
     assert proc.returncode == 0, stdout[-3000:] + stderr[-2000:]
-    # Its presence expired: the producer wrote it off (and the cluster killed it, if the run lasted).
-    assert "cpu2 lost: continuing with 2 devices" in stdout
+    # Its presence expired: the producer wrote it off, or saw it come back as a new process (the
+    # cluster kills a silent worker and starts it again), whichever its next check found.
+    assert "cpu2 lost: continuing with 2 devices" in stdout or "cpu2 back: continuing with 3 devices" in stdout
     check_run(out, calls, mode, twice_allowed={hit})
     assert wait_gone([cluster(out)["redis_pid"], *cluster(out)["workers"].values(), victim]) == []
 

@@ -57,8 +57,9 @@ def raw_task(url: str, payload: dict, report: str) -> dict:
                   queue="cpu0").get(timeout=30, propagate=False)
     redis = Redis.from_url(url)
     try:
-        reported = redis.lpop(report)
-        return json.loads(reported) if reported else {}
+        # The worker also pushes "held"/"started" events there; the result is the message without "event".
+        results = [json.loads(m) for m in redis.lrange(report, 0, -1) if "event" not in json.loads(m)]
+        return results[0] if results else {}
     finally:
         redis.delete(report)
         redis.close()

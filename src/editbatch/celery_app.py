@@ -18,14 +18,26 @@ TASK_MODULES = ["editbatch.tasks.edit", "editbatch.workers.switching", "editbatc
 DEFAULT_VISIBILITY_TIMEOUT_S = 6 * 3600
 
 
+def visibility_timeout(config) -> float:
+    """How long Redis keeps a delivered, unacknowledged message before handing it out again.
+
+    It must exceed the longest edit (a late-acked task running longer would
+    get a second, concurrent copy), so it follows `schedule.task_timeout_s`:
+    `schedule.visibility_timeout_s`, else the larger of 6 h and 3x the task timeout.
+    """
+    chosen = config.schedule.visibility_timeout_s
+    return chosen if chosen else max(DEFAULT_VISIBILITY_TIMEOUT_S, 3 * config.schedule.task_timeout_s)
+
+
+def transport_options(visibility_timeout_s: float) -> dict:
+    return {"visibility_timeout": int(visibility_timeout_s)}
+
+
 def make_app(broker_url: str, *, visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S,
              task_events: bool = True) -> Celery:
     app = Celery("editbatch", broker=broker_url, backend=broker_url, include=TASK_MODULES)
-    transport = {
-        # Redis has no real acks: an unacked message is re-queued after this
-        # long, so it must exceed the longest task (see README, "Timeouts").
-        "visibility_timeout": int(visibility_timeout_s),
-    }
+    # Redis has no real acks: an unacked message is re-queued after this long (see visibility_timeout).
+    transport = transport_options(visibility_timeout_s)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -71,6 +83,8 @@ def _bind_device_from_env(app: Celery) -> None:
 
         config = load_config(config_path, check_dataset=False)
         app.conf.worker_send_task_events = config.cluster.task_events
+        app.conf.broker_transport_options = app.conf.result_backend_transport_options = \
+            transport_options(visibility_timeout(config))
         queues.insert(1, shared_queue(model_identity(config.model)))
     app.conf.task_queues = [Queue(q) for q in queues]
     from .workers import hooks  # noqa: F401  (connects the worker signals)

@@ -121,6 +121,9 @@ class ScheduleConfig(_Strict):
     mode: Literal["sync", "nosync", "balanced", "window"] = "sync"
     seed: int = 42
     task_timeout_s: float = Field(default=600.0, gt=0)
+    visibility_timeout_s: float | None = Field(
+        default=None, gt=0, description="Redis re-delivers an unacknowledged message after this long; default: "
+                                        "the larger of 6 h and 3x task_timeout_s (it must exceed the longest edit)")
     retries: int = Field(default=1, ge=0, le=10, description="extra attempts for an item that failed or was lost, "
                                                              "on another device where the mode allows it")
     max_skew: int = Field(default=1, ge=0, description="window mode: batches the newest item may run ahead")

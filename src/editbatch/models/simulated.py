@@ -9,8 +9,9 @@ seed, pid, start time), so tests can count what was computed, and when.
 ``fail_first: {id: n}`` makes the first n calls of an item raise (counted in
 ``call_log``): a transient fault for retries. ``crash_ids`` lists items
 that kill their worker process outright: a poison item.
-``sticky_fail_after: k`` makes every call after this process's k-th raise a
-CUDA-style error, like a GPU whose context broke (a fresh process is fine).
+``sticky_fail_after: k`` (or ``{device: k}``) makes every call after this
+process's k-th raise a CUDA-style error, like a GPU whose context broke (a
+fresh process is fine again).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class SimulatedModel(EditModel):
                 raise RuntimeError(f"simulated transient failure {earlier + 1} for item {request.item_id!r}")
         self.calls = getattr(self, "calls", 0) + 1
         sticky = params.get("sticky_fail_after")
+        if isinstance(sticky, dict):
+            sticky = sticky.get(self.device.queue)
         if sticky is not None and self.calls > int(sticky):
             raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
         if request.item_id in set(params.get("crash_ids") or ()):

@@ -20,7 +20,7 @@ from typing import Any, Callable, TextIO
 
 from .. import keys, redisconn
 from ..barrier import BatchBarrier
-from ..celery_app import make_app
+from ..celery_app import make_app, visibility_timeout
 from ..config import RunConfig, dump_config, mask_password
 from ..dataset import Item, check_items, load_dataset
 from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, ConfigError, RunCancelled
@@ -231,7 +231,9 @@ class Run:
                                  batches=batch_count(len(self.todo), g) if batched else None, batch_size=g)
         self.announce()
         self.inbox = ResultInbox(self.redis, keys.results(self.ns, self.run_id))
-        self.submitter = Submitter(make_app(broker, task_events=self.config.cluster.task_events), self.payload_for)
+        app = make_app(broker, task_events=self.config.cluster.task_events,
+                       visibility_timeout_s=visibility_timeout(self.config))
+        self.submitter = Submitter(app, self.payload_for)
         self.submitter.connect()  # before the clock starts: connection set-up is not per-run dispatch cost
         self.dispatch_started_at = time.time()
         self.progress.start()

@@ -40,6 +40,9 @@ def edit(self, payload: dict) -> dict:
         log.info("%s: %s skipped: run %s has ended", rt.device.queue, task.id, task.run)
         return {"id": task.id, "index": task.index, "status": "skipped", "run": task.run}
     _redirect_if_other_model(self, task, rt)
+    if rt.guard is not None and rt.guard.retiring:
+        # Taken in the moment before this worker stopped consuming: back to the queue, untouched.
+        raise self.retry(queue=(self.request.delivery_info or {}).get("routing_key"), countdown=0, max_retries=None)
     result = {"id": task.id, "index": task.index, "batch": task.batch, "seed": task.seed,
               "submitted_at": task.submitted_at, **rt.identity,
               "status": "failed", "output": None, "error": None, "info": {}, "work_s": None,
@@ -56,8 +59,8 @@ def edit(self, payload: dict) -> dict:
         if task.arrive_at:
             barrier = _barrier(task.arrive_at, rt)
             runtime.keep_retrying(lambda: barrier.arrive(rt.redis))
-    if rt.guard is not None:
-        rt.guard.task_finished(result["error"])
+    if rt.guard is not None and rt.guard.task_finished(result["error"]):
+        _stop_consuming(self)
     if result.get("reused"):
         log.info("%s: %s already done (%s): reused, not computed", rt.device.queue, task.id, result["output"])
     elif result["status"] == "ok":
@@ -69,6 +72,16 @@ def edit(self, payload: dict) -> dict:
     if task.report:
         rt.report(task.report, result)
     return fail_task_if_failed(result)  # after reporting: Flower shows a failed item as FAILURE
+
+
+def _stop_consuming(celery_task) -> None:
+    """Cancel this worker's queues at once (a retiring worker must not take more items)."""
+    hostname = celery_task.request.hostname
+    for queue in list(celery_task.app.amqp.queues.consume_from or celery_task.app.amqp.queues):
+        try:
+            celery_task.app.control.cancel_consumer(queue, destination=[hostname])
+        except Exception:  # noqa: BLE001 - the warm shutdown that follows stops it anyway
+            pass
 
 
 def _redirect_if_other_model(celery_task, task: EditTask, rt: "runtime.WorkerRuntime") -> None:

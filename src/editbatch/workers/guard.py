@@ -52,8 +52,8 @@ class Guard:
         with self._lock:
             self._task = (item_id, time.monotonic() + timeout_s) if timeout_s else None
 
-    def task_finished(self, error: str | None) -> None:
-        """Count CUDA-type failures in a row; retire after `sick_after` of them."""
+    def task_finished(self, error: str | None) -> bool:
+        """Count CUDA-type failures in a row; retire after `sick_after` of them (True: retiring now)."""
         with self._lock:
             self._task = None
             self.consecutive = self.consecutive + 1 if looks_poisoned(error) else 0
@@ -66,6 +66,7 @@ class Guard:
             self.presence.publish(state="retiring")  # not "ready": the producer sends nothing more here
             # After the task returns and is acknowledged: a warm shutdown returns reserved messages.
             threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        return sick
 
     def _watch(self) -> None:
         while True:
