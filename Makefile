@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/editbatch run configs/demo.yaml
+	$(BIN)/editbatch run configs/demo.yaml --overwrite
 
 test: install
 	$(BIN)/python -m pytest -q
