@@ -120,8 +120,8 @@ class Run:
             self.broker = broker
             self.redis = redisconn.connect(broker)
             stack.callback(self.redis.close)
+            self.await_workers(check_alive)  # before the ledger: a run that never started leaves no trace
             self.open_ledger()
-            self.await_workers(check_alive)
             if self.cluster is not None:
                 self.cluster.watch()
             try:
