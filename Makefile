@@ -27,6 +27,7 @@ demo: install
 	$(BIN)/editbatch run configs/demo.yaml --overwrite
 
 test: install
+	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q
 
 bench: install

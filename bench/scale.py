@@ -70,7 +70,7 @@ def main(argv=None) -> int:
                 peak = {"redis": 0}
                 stop = threading.Event()
 
-                def sample():
+                def sample(stop=stop, peak=peak):
                     while not stop.wait(0.1):
                         peak["redis"] = max(peak["redis"], int(redis.info("memory")["used_memory"]))
 
@@ -97,7 +97,8 @@ def main(argv=None) -> int:
                 summary = json.loads((root / f"run-{mode}" / "summary.json").read_text())
                 rate = args.items / summary["makespan_s"]
                 print(f"| {mode:<8} | {rate:7.0f} | {wall:6.1f} | {usage.ru_maxrss / 1024:14.0f} MB | "
-                      f"{peak['redis'] / 2**20:14.1f} MB | {'yes' if whole and os.waitstatus_to_exitcode(status) == 0 else 'NO'} |",
+                      f"{peak['redis'] / 2**20:14.1f} MB | "
+                      f"{'yes' if whole and os.waitstatus_to_exitcode(status) == 0 else 'NO'} |",
                       flush=True)
     return 0
 

@@ -98,7 +98,8 @@ def row(s: dict) -> str:
             f"{s['max_skew_observed']:4.2f} | {wait:>7} |")
 
 
-HEADER = ("| mode       | makespan | lower bd | effic | ideal  | overhead | barrier idle | sync pt s | skew | q wait  |\n"
+HEADER = ("| mode       | makespan | lower bd | effic | ideal  | overhead | barrier idle | sync pt s | skew "
+          "| q wait  |\n"
           "|------------|---------:|---------:|------:|-------:|---------:|-------------:|----------:|-----:|--------:|")
 
 

@@ -51,7 +51,8 @@ def main(argv=None) -> int:
     ends = sorted(max(r["finished_at"] for r in rows) - t0 for rows in by_device.values())
     print(f"  devices finish at          {', '.join(f'{e:.2f}' for e in ends)} s")
     for r in sorted(ran, key=lambda r: r["started_at"])[: args.items]:
-        print(f"    {r['id']:<16} {r['device']:<6} submit {r['submitted_at'] - t0:7.3f}  start {r['started_at'] - t0:7.3f}"
+        print(f"    {r['id']:<16} {r['device']:<6} submit {r['submitted_at'] - t0:7.3f}  "
+              f"start {r['started_at'] - t0:7.3f}"
               f"  end {r['finished_at'] - t0:7.3f}  reported {r['reported_at'] - t0:7.3f}")
     return 0
 

@@ -1,4 +1,5 @@
-"""docker-compose.yml: parsed by `docker compose config` where the plugin exists, and checked for what operators rely on."""
+"""docker-compose.yml: parsed by `docker compose config` where the plugin exists, and checked for what
+operators rely on."""
 
 from __future__ import annotations
 

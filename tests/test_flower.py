@@ -19,7 +19,8 @@ from .conftest import REPO
 
 
 def get(url: str, auth: str):
-    request = urllib.request.Request(url, headers={"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()})
+    token = base64.b64encode(auth.encode()).decode()
+    request = urllib.request.Request(url, headers={"Authorization": "Basic " + token})
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 

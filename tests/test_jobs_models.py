@@ -41,7 +41,8 @@ def lora(tiny_env, tmp_path_factory):
     pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
                                      target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     folder = tmp_path_factory.mktemp("lora")
-    StableDiffusionInstructPix2PixPipeline.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(pipe.unet))
+    layers = get_peft_model_state_dict(pipe.unet)
+    StableDiffusionInstructPix2PixPipeline.save_lora_weights(folder, unet_lora_layers=layers)
     return folder
 
 
@@ -64,7 +65,8 @@ def test_lora_swap_and_model_switch_between_jobs(tiny_env, lora, tmp_path_factor
         records = [json.loads(service.cli("status", i, "--json").stdout) for i in ids]
         assert [r["switch"]["switched"] for r in records] == [[], ["cpu0", "cpu1"], ["cpu0", "cpu1"]]
         assert records[1]["switch"]["load"] == ["lora"] and records[2]["switch"]["load"] == ["model"]
-        print(f"LoRA swap: {records[1]['switch']['seconds']:.2f}s; model switch: {records[2]['switch']['seconds']:.2f}s")
+        swap, switch = records[1]["switch"]["seconds"], records[2]["switch"]["seconds"]
+        print(f"LoRA swap: {swap:.2f}s; model switch: {switch:.2f}s")
         workers = json.loads((service.root / "runs" / "other" / "workers.json").read_text())
         assert {w["load"] for w in workers} == {"model"}
         loads = sorted((w["load_started_at"], w["load_finished_at"]) for w in workers)

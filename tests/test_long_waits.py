@@ -144,7 +144,8 @@ def test_staggered_loads_longer_than_the_socket_timeout(tmp_path, sample_image):
                           cluster={"broker": "auto", "devices": ["cpu", "cpu"], "load_concurrency": 1})
     proc = run_cli("run", str(config), timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    loads = sorted((w["load_started_at"], w["load_finished_at"]) for w in json.loads((out / "workers.json").read_text()))
+    workers = json.loads((out / "workers.json").read_text())
+    loads = sorted((w["load_started_at"], w["load_finished_at"]) for w in workers)
     assert loads[1][0] >= loads[0][1] and loads[1][1] - loads[0][0] > 11.5
     manifest, _ = read_run(out)
     assert [r["status"] for r in manifest] == ["ok", "ok"]

@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("directory")
 
     report = sub.add_parser("report", help="write a static HTML report (timeline, gallery) of one or more run folders")
-    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run output folders; several are compared by item id")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="run output folders; several are compared by item id")
     report.add_argument("-o", "--output", help="the HTML file to write (default: RUN_DIR/report.html of the first run)")
 
     status = sub.add_parser("status", help="progress of a job, or of a running or finished run folder")

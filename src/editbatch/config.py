@@ -175,7 +175,8 @@ class RunConfig(_Strict):
 # ---------------------------------------------------------------- loading
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, check_dataset: bool = True) -> RunConfig:
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
+                check_dataset: bool = True) -> RunConfig:
     """Read, translate, override and validate a config file; raise ConfigError on any problem."""
     path = Path(path)
     source = str(path)

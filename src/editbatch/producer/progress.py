@@ -62,7 +62,8 @@ class Progress:
                      f"at most {in_flight} items from the oldest unfinished one")
         elif self.mode == "nosync":
             self.say(f"No-sync mode: All {self.total} tasks submitted at once"
-                     + (f" (at most {in_flight} held in Redis at a time)" if in_flight and in_flight < self.total else ""))
+                     + (f" (at most {in_flight} held in Redis at a time)"
+                        if in_flight and in_flight < self.total else ""))
         else:
             self.say(f"Balanced mode: {self.total} tasks through the shared queue")
 

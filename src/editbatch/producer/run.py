@@ -199,7 +199,8 @@ class Run:
             "run_id": self.run_id, "name": self.config.name, "state": "running", "started_at": self.started_at,
             "finished_at": None, "pid": os.getpid(), "host": socket.gethostname(),
             "cwd": os.getcwd(),  # the manifest's relative input paths are relative to it
-            "namespace": self.ns, "broker": mask_password(self.broker), "broker_auto": self.config.cluster.broker == "auto",
+            "namespace": self.ns, "broker": mask_password(self.broker),
+            "broker_auto": self.config.cluster.broker == "auto",
             "mode": self.sched.mode, "devices": self.devices, "items": len(self.items),
             "valid_items": len(self.valid),
             "reused": len(self.carried.done), "identity": resume.identity(self.config),

@@ -28,7 +28,7 @@ def _load_model(sender=None, **_) -> None:
     if hasattr(sender, "setup_logging"):
         sender.setup_logging()
     try:
-        runtime.start(os.environ["EDITBATCH_BROKER"] if "EDITBATCH_BROKER" in os.environ else sender.app.conf.broker_url,
+        runtime.start(os.environ.get("EDITBATCH_BROKER") or sender.app.conf.broker_url,
                       os.environ["EDITBATCH_DEVICE"], config)
     except Exception as exc:  # noqa: BLE001 - one line for the operator, then exit
         sys.stderr.write(f"editbatch worker {os.environ['EDITBATCH_DEVICE']}: model failed to load: "
