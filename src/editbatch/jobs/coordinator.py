@@ -203,7 +203,8 @@ class Coordinator:
             record = self.store.get(job_id)
             if not record or record["state"] in FINAL or not record.get("received_at"):
                 continue
-            if redisconn.retrying(lambda: self.redis.exists(keys.job_lease(self.ns, job_id)), REDIS_RETRY_S):
+            lease_key = keys.job_lease(self.ns, job_id)
+            if redisconn.retrying(lambda key=lease_key: self.redis.exists(key), REDIS_RETRY_S):
                 continue
             self.store.update(job_id, received_at=None)
             self.app.send_task(TASK_NAME, task_id=job_id, queue=self.settings.queue,
