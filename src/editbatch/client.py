@@ -22,6 +22,8 @@ from . import keys, redisconn
 from .jobs.contract import DEFAULT_QUEUE, TASK_NAME, VERSION, JobFailed
 from .jobs.store import FINAL, JOB_ID, JobStore, QueueFull
 
+REDIS_RETRY_S = 10.0  # a call rides out a short Redis restart, then fails with the connection error
+
 __all__ = ["Client", "Job", "JobFailed", "QueueFull", "UnknownJob", "submit", "list_jobs"]
 
 
@@ -37,7 +39,7 @@ class Client:
         self.ns = namespace
         self.queue = queue
         self.redis = redisconn.connect(self.broker)
-        self.store = JobStore(self.redis, namespace)
+        self.store = JobStore(self.redis, namespace, retry_s=REDIS_RETRY_S)
         self._app = None
 
     @property
@@ -106,7 +108,8 @@ class Job:
             return f"job {self.id}: cancelled before it started"
         run_id = self.status().get("run_id")
         if run_id:
-            self.client.redis.set(keys.run_state(self.client.ns, run_id), "cancelled", ex=keys.RUN_STATE_TTL_S)
+            redisconn.retrying(lambda: self.client.redis.set(keys.run_state(self.client.ns, run_id), "cancelled",
+                                                             ex=keys.RUN_STATE_TTL_S), REDIS_RETRY_S)
         return f"job {self.id}: cancel requested; its running edits stop at the next step"
 
     def __repr__(self) -> str:

@@ -29,7 +29,8 @@ class Lease:
 
     def try_take(self) -> bool:
         """Take the lease if it is free; start renewing it. False if someone else holds it."""
-        if not self.redis.set(self.key, self.owner, nx=True, ex=self.ttl_s):
+        if not self.redis.set(self.key, self.owner, nx=True, ex=self.ttl_s) \
+                and self.redis.get(self.key) != self.owner.encode():  # ours: a retried SET whose reply was lost
             return False
         self._stop.clear()
         self._thread = threading.Thread(target=self._renew, name="editbatch-lease", daemon=True)

@@ -12,6 +12,7 @@ output folder, so it is neither lost nor run twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -38,6 +39,9 @@ log = logging.getLogger("editbatch.jobs")
 QUEUE_POLL_S = 0.5
 ORPHAN_CHECK_S = 5.0
 PROGRESS_EVERY_S = 1.0  # job record and task-progress events, at most this often
+# How long the coordinator's own Redis calls ride out a restart of Redis (AOF reload included)
+# before the job's thread gives up; the orphan watcher sends a job so abandoned again.
+REDIS_RETRY_S = 120.0
 
 _current: "Coordinator | None" = None
 
@@ -56,7 +60,7 @@ class Coordinator:
         self.ns = cluster_config.cluster.namespace
         self.broker = broker
         self.redis = redisconn.connect(broker)
-        self.store = JobStore(self.redis, self.ns)
+        self.store = JobStore(self.redis, self.ns, retry_s=REDIS_RETRY_S)
         self.app = make_app(broker, task_events=cluster_config.cluster.task_events)
         self.queues = [d.queue for d in cluster_config.devices]
         self.roots = Roots.of(cluster_config.cluster.input_roots, cluster_config.cluster.output_roots)
@@ -83,7 +87,7 @@ class Coordinator:
             return outcome(record)
         lease = Lease(self.redis, keys.job_lease(self.ns, job_id), f"{self.owner}:{threading.get_ident()}",
                       keys.JOB_LEASE_TTL_S)
-        if not lease.try_take():
+        if not redisconn.retrying(lease.try_take, REDIS_RETRY_S):
             return outcome(self._wait_final(job_id))  # a second copy of the message: its owner is alive
         try:
             self.store.update(job_id, received_at=time.time())
@@ -106,7 +110,8 @@ class Coordinator:
                 break
             if time.monotonic() - last_event > 5:
                 last_event = time.monotonic()
-                task.send_event("task-progress", job=job_id, state="queued", position=record.get("position"))
+                with contextlib.suppress(Exception):  # an event is best effort: Redis may be restarting
+                    task.send_event("task-progress", job=job_id, state="queued", position=record.get("position"))
             time.sleep(QUEUE_POLL_S)
             record = self.store.get(job_id)
             if record["state"] in FINAL:
@@ -117,7 +122,8 @@ class Coordinator:
         self.store.update(job_id, state="running", run_id=run_id, started_at=record.get("started_at") or time.time(),
                           attempts=int(record.get("attempts") or 0) + 1)
         if self._cancel_requested(job_id):
-            self.redis.set(keys.run_state(self.ns, run_id), "cancelled", ex=keys.RUN_STATE_TTL_S)
+            redisconn.retrying(lambda: self.redis.set(keys.run_state(self.ns, run_id), "cancelled",
+                                                      ex=keys.RUN_STATE_TTL_S), REDIS_RETRY_S)
         log.info("job %s: %s %s into %s", job_id, "resuming" if resume else "starting", config.name, config.output_dir)
         return self._execute(task, job_id, config, run_id, resume)
 
@@ -170,7 +176,7 @@ class Coordinator:
         return config
 
     def _cancel_requested(self, job_id: str) -> bool:
-        return self.redis.hget(keys.job(self.ns, job_id), "cancel_requested") == b"true"
+        return self.store.cancel_requested(job_id)
 
     def _wait_final(self, job_id: str) -> dict[str, Any]:
         while True:
@@ -197,7 +203,8 @@ class Coordinator:
             record = self.store.get(job_id)
             if not record or record["state"] in FINAL or not record.get("received_at"):
                 continue
-            if self.redis.exists(keys.job_lease(self.ns, job_id)):
+            lease_key = keys.job_lease(self.ns, job_id)
+            if redisconn.retrying(lambda key=lease_key: self.redis.exists(key), REDIS_RETRY_S):
                 continue
             self.store.update(job_id, received_at=None)
             self.app.send_task(TASK_NAME, task_id=job_id, queue=self.settings.queue,
@@ -211,7 +218,8 @@ class Progress:
     """Counts of the running job into its record and a `task-progress` event, at most once a second."""
 
     def __init__(self, store: JobStore, task, job_id: str):
-        self.store, self.task, self.job_id = store, task, job_id
+        # No waiting through a Redis restart: the next update, or the job's finish, writes the counts.
+        self.store, self.task, self.job_id = JobStore(store.redis, store.ns), task, job_id
         self.counts: dict[str, int] | None = None
         self.sent_at = 0.0
         self.dirty = False

@@ -66,8 +66,10 @@ def _run_coordinator(config: RunConfig, broker: str, loglevel: str) -> None:
     from celery.signals import worker_ready, worker_shutting_down
 
     from ..celery_app import app
+    from . import broker_loss
     from .coordinator import Coordinator
 
+    broker_loss.install(broker)
     coordinator = Coordinator(config, broker)
     def ready(**_) -> None:
         # Celery logs every success with its whole result (a summary) at INFO; failures stay logged.

@@ -14,7 +14,7 @@ from typing import Any
 
 from redis import Redis
 
-from .. import keys
+from .. import keys, redisconn
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL = ("done", "failed", "cancelled")
@@ -68,9 +68,18 @@ def queue_score(priority: int, submitted_at: float) -> float:
 
 
 class JobStore:
-    def __init__(self, redis: Redis, namespace: str):
+    """`retry_s`: how long each call rides out a dropped connection (a Redis restart) before raising.
+
+    Every write is safe to repeat: a call cut off after Redis applied it finds its own work done.
+    """
+
+    def __init__(self, redis: Redis, namespace: str, *, retry_s: float = 0.0):
         self.redis = redis
         self.ns = namespace
+        self.retry_s = retry_s
+
+    def _call(self, fn):
+        return redisconn.retrying(fn, self.retry_s)
 
     # ------------------------------------------------------------ writing
 
@@ -86,64 +95,79 @@ class JobStore:
         args = [limit, queue_score(priority, now), now, job_id]
         for key, value in fields.items():
             args += [key, json.dumps(value)]
-        created = self.redis.eval(_CREATE, 3, keys.job(self.ns, job_id), keys.jobs_queued(self.ns),
-                                  keys.jobs_all(self.ns), *args)
+        created = self._call(lambda: self.redis.eval(_CREATE, 3, keys.job(self.ns, job_id), keys.jobs_queued(self.ns),
+                                                     keys.jobs_all(self.ns), *args))
+        if created == 0 and json.loads(self._call(lambda: self.redis.hget(keys.job(self.ns, job_id), "submitted_at"))
+                                       or "null") == now:
+            created = 1  # this call's own record: an earlier try was applied but its reply lost
         if created == -1:
             raise QueueFull(f"the job queue is full ({limit} jobs waiting, jobs.max_queued); "
                             "try again later or cancel queued jobs")
         return created == 1
 
     def update(self, job_id: str, **fields: Any) -> None:
-        self.redis.hset(keys.job(self.ns, job_id), mapping={k: json.dumps(v) for k, v in fields.items()})
+        mapping = {k: json.dumps(v) for k, v in fields.items()}
+        self._call(lambda: self.redis.hset(keys.job(self.ns, job_id), mapping=mapping))
 
     def take_slot(self, job_id: str, max_running: int) -> bool:
-        return bool(self.redis.eval(_TAKE_SLOT, 3, keys.job(self.ns, job_id), keys.jobs_queued(self.ns),
-                                    keys.jobs_running(self.ns), job_id, max_running))
+        return bool(self._call(lambda: self.redis.eval(_TAKE_SLOT, 3, keys.job(self.ns, job_id),
+                                                       keys.jobs_queued(self.ns), keys.jobs_running(self.ns), job_id,
+                                                       max_running)))
 
     def finish(self, job_id: str, state: str, **fields: Any) -> None:
-        with self.redis.pipeline() as pipe:
-            pipe.hset(keys.job(self.ns, job_id), mapping={k: json.dumps(v) for k, v in
-                                                          {"state": state, "finished_at": time.time(), **fields}.items()})
-            pipe.zrem(keys.jobs_queued(self.ns), job_id)
-            pipe.srem(keys.jobs_running(self.ns), job_id)
-            pipe.execute()
+        mapping = {k: json.dumps(v) for k, v in {"state": state, "finished_at": time.time(), **fields}.items()}
+
+        def write():
+            with self.redis.pipeline() as pipe:
+                pipe.hset(keys.job(self.ns, job_id), mapping=mapping)
+                pipe.zrem(keys.jobs_queued(self.ns), job_id)
+                pipe.srem(keys.jobs_running(self.ns), job_id)
+                pipe.execute()
+
+        self._call(write)
 
     def request_cancel(self, job_id: str) -> str | None:
         """Mark the job to be cancelled; a queued one ends at once. Returns its state before, None if unknown."""
-        before = self.redis.eval(_CANCEL_QUEUED, 2, keys.job(self.ns, job_id), keys.jobs_queued(self.ns), job_id,
-                                 json.dumps(time.time()), json.dumps("cancelled before it started"))
+        now = json.dumps(time.time())
+        before = self._call(lambda: self.redis.eval(_CANCEL_QUEUED, 2, keys.job(self.ns, job_id),
+                                                    keys.jobs_queued(self.ns), job_id, now,
+                                                    json.dumps("cancelled before it started")))
         return json.loads(before) if before else None
 
     def publish_settings(self, *, max_queued: int, max_running: int) -> None:
-        self.redis.set(keys.jobs_settings(self.ns), json.dumps({"max_queued": max_queued, "max_running": max_running}))
+        value = json.dumps({"max_queued": max_queued, "max_running": max_running})
+        self._call(lambda: self.redis.set(keys.jobs_settings(self.ns), value))
 
     # ------------------------------------------------------------ reading
 
     def get(self, job_id: str) -> dict[str, Any] | None:
-        raw = self.redis.hgetall(keys.job(self.ns, job_id))
+        raw = self._call(lambda: self.redis.hgetall(keys.job(self.ns, job_id)))
         if not raw:
             return None
         record = {k.decode(): json.loads(v) for k, v in raw.items()}
         if record.get("state") == "queued":
-            rank = self.redis.zrank(keys.jobs_queued(self.ns), job_id)
+            rank = self._call(lambda: self.redis.zrank(keys.jobs_queued(self.ns), job_id))
             record["position"] = None if rank is None else rank + 1
         return record
 
     def list(self, state: str | None = None) -> list[dict[str, Any]]:
-        ids = [i.decode() for i in self.redis.zrange(keys.jobs_all(self.ns), 0, -1)]
+        ids = [i.decode() for i in self._call(lambda: self.redis.zrange(keys.jobs_all(self.ns), 0, -1))]
         records = [r for r in (self.get(i) for i in ids) if r is not None]
         return [r for r in records if state is None or r.get("state") == state]
 
     def unfinished(self) -> list[str]:
-        queued = self.redis.zrange(keys.jobs_queued(self.ns), 0, -1)
-        running = self.redis.smembers(keys.jobs_running(self.ns))
+        queued = self._call(lambda: self.redis.zrange(keys.jobs_queued(self.ns), 0, -1))
+        running = self._call(lambda: self.redis.smembers(keys.jobs_running(self.ns)))
         return sorted({i.decode() for i in [*queued, *running]})
 
+    def cancel_requested(self, job_id: str) -> bool:
+        return self._call(lambda: self.redis.hget(keys.job(self.ns, job_id), "cancel_requested")) == b"true"
+
     def queued_count(self) -> int:
-        return int(self.redis.zcard(keys.jobs_queued(self.ns)))
+        return int(self._call(lambda: self.redis.zcard(keys.jobs_queued(self.ns))))
 
     def settings(self) -> dict[str, int]:
-        raw = self.redis.get(keys.jobs_settings(self.ns))
+        raw = self._call(lambda: self.redis.get(keys.jobs_settings(self.ns)))
         found = json.loads(raw) if raw else {}
         return {"max_queued": int(found.get("max_queued", DEFAULT_MAX_QUEUED)),
                 "max_running": int(found.get("max_running", DEFAULT_MAX_RUNNING))}
