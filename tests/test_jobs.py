@@ -161,7 +161,8 @@ def test_a_job_through_flowers_rest_api(service, sample_image):
     auth = {"Authorization": "Basic " + base64.b64encode(b"ops:secret").decode(), "Content-Type": "application/json"}
 
     def call(path, body=None):
-        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=auth, method="POST" if body else "GET",
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=auth,
+                                         method="POST" if body else "GET",
                                          data=json.dumps(body).encode() if body else None)
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
