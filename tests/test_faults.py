@@ -97,7 +97,13 @@ def test_worker_stopped_mid_run(tmp_path, sample_image, mode):
     proc, config, calls, out = start(tmp_path, sample_image, mode)
     wait_calls(calls, 5, proc)
     victim = cluster(out)["workers"]["cpu2"]
-    os.kill(victim, signal.SIGSTOP)  # a hung GPU: alive, silent
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # stop it just after it started an edit: a hung GPU call
+        last = read_jsonl(calls)[-1]
+        if last["device"] == "cpu2" and time.time() - last["t"] < 0.15:
+            break
+        time.sleep(0.01)
+    os.kill(victim, signal.SIGSTOP)  # alive, silent
     hit = running_at(calls, "cpu2")
     try:
         stdout, stderr = proc.communicate(timeout=180)
