@@ -98,15 +98,15 @@ def _make(source: Path, target: Path) -> bool:
 
 
 def _make_all(pairs: list[tuple[Path, Path]], workers: int) -> list[bool]:
-    if workers <= 1 or len(pairs) < 2 * workers:
+    if workers <= 1 or len(pairs) < 2:
         return [_make(s, t) for s, t in pairs]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor
 
-    # Processes, as decoding holds the GIL for much of its time; spawned, as the
-    # caller (a producer) may have threads that a fork would copy mid-flight.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(_make, *zip(*pairs), chunksize=max(1, len(pairs) // (workers * 8))))
+    # Threads: PIL releases the GIL while decoding and encoding. On 2 cores they
+    # were as fast as a process pool (2.2 s against 2.5 s for 440 images, serial
+    # 4.3 s) without its start-up cost or its need for a `__main__` guard in callers.
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(_make, *zip(*pairs)))
 
 
 def make_thumbnails(sources: list[Path], run_dir: Path, workers: int | None = None) -> dict[Path, Path]:
