@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     size = cold.html.stat().st_size / 1e6
     thumbs = sum(f.stat().st_size for f in (args.folder / THUMBS).iterdir()) / 1e6
     print(f"report after a run (thumbnails made by the workers): {after_run.seconds:.1f}s")
-    print(f"report of a cold folder (thumbnails made, {os.cpu_count()} processes): {cold.seconds:.1f}s")
+    print(f"report of a cold folder (thumbnails made, {os.cpu_count()} threads): {cold.seconds:.1f}s")
     print(f"report rebuilt (thumbnails reused): {rebuild.seconds:.1f}s")
     print(f"report.html {size:.1f} MB, thumbnails {thumbs:.1f} MB")
     return 0
