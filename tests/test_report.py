@@ -101,7 +101,7 @@ def test_report_of_a_run_links_every_file_and_counts_the_manifest(sim_run, sampl
 
 
 def test_workers_write_the_thumbnails_and_the_report_decodes_no_output(sim_run):
-    proc, manifest, summary = sim_run(5, mode="sync")
+    proc, manifest, _ = sim_run(5, mode="sync")
     assert proc.returncode == 0, proc.stderr
     out = Path(proc.stdout.split("Outputs: ")[1].strip())
     ok = [r for r in manifest if r["status"] == "ok"]
