@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
@@ -11,7 +12,10 @@ from urllib.parse import unquote
 import pytest
 from PIL import Image
 
+from editbatch import ledger
+from editbatch.imageio import load_rgb
 from editbatch.report import write_report
+from editbatch.report.thumbnails import SIZE, make_thumbnails, thumbnail_path, write_item_thumbnails
 
 from .conftest import SIM_DEVICES, run_cli, simple_rows
 
@@ -94,6 +98,49 @@ def test_report_of_a_run_links_every_file_and_counts_the_manifest(sim_run, sampl
     before = {t: t.stat().st_mtime_ns for t in thumbs}
     write_report([out])
     assert {t: t.stat().st_mtime_ns for t in thumbs} == before
+
+
+def test_workers_write_the_thumbnails_and_the_report_decodes_no_output(sim_run):
+    proc, manifest, _ = sim_run(5, mode="sync")
+    assert proc.returncode == 0, proc.stderr
+    out = Path(proc.stdout.split("Outputs: ")[1].strip())
+    ok = [r for r in manifest if r["status"] == "ok"]
+    assert len(ok) == 5
+    for record in ok:
+        thumb = thumbnail_path(out, out / record["output"])
+        # Written before the worker's record, so before the run's report, which then left it as it was.
+        assert thumb.stat().st_mtime_ns <= ledger.record_path(out, record["id"]).stat().st_mtime_ns
+        with Image.open(thumb) as im:
+            assert im.format == "JPEG" and max(im.size) <= SIZE
+    before = {t: t.stat().st_mtime_ns for t in (out / "report" / "thumbs").iterdir()}
+    write_report([out])
+    assert {t: t.stat().st_mtime_ns for t in before} == before
+
+
+def test_a_worker_input_thumbnail_is_the_one_the_report_uses(tmp_path, sample_image):
+    run_dir = tmp_path / "run"
+    output = run_dir / "images" / "a.png"
+    output.parent.mkdir(parents=True)
+    image = Image.new("RGB", (640, 320), (10, 200, 10))
+    image.save(output)
+    write_item_thumbnails(run_dir, output, image, [(sample_image, load_rgb(sample_image, 10**6))])
+    made = {p: thumbnail_path(run_dir, p) for p in (output, sample_image)}
+    before = {t: t.stat().st_mtime_ns for t in made.values()}
+    with Image.open(made[output]) as im:
+        assert im.size == (SIZE, SIZE // 2)
+    assert make_thumbnails([output, sample_image], run_dir) == made
+    assert {t: t.stat().st_mtime_ns for t in made.values()} == before  # up to date: not decoded again
+    # Best effort: a folder that cannot hold thumbnails does not fail the item.
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the run folder should be")
+    write_item_thumbnails(blocked, blocked / "images" / "a.png", image, [(sample_image, image)])
+
+
+def test_workers_import_the_thumbnails_without_the_report_page():
+    code = ("import sys, editbatch.tasks.edit; "
+            "print(sorted(m for m in ('jinja2', 'matplotlib') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
 
 
 def test_timeline_png_has_one_lane_per_device(sim_run):

@@ -20,9 +20,6 @@ from .run_folder import RunFolder, read_run_folder
 from .thumbnails import make_thumbnails
 from .timeline import build_timeline, svg_geometry, write_timeline_png
 
-THUMBS = Path("report") / "thumbs"  # inside each run folder
-
-
 @dataclass
 class ReportResult:
     html: Path
@@ -109,15 +106,14 @@ def build_rows(runs: list[RunFolder], thumbs: dict[Path, Path], page_dir: Path) 
 
 
 def _thumbnail_sources(runs: list[RunFolder]) -> dict[Path, Path]:
-    """source image -> the thumbnail folder of the run it belongs to (inputs: the first run naming them)."""
+    """source image -> the run folder its thumbnail goes in (inputs: the first run naming them)."""
     wanted: dict[Path, Path] = {}
     for run in runs:
-        folder = run.path / THUMBS
         for record in run.manifest:
             for name in record.get("inputs") or []:
-                wanted.setdefault(run.input_path(name), folder)
+                wanted.setdefault(run.input_path(name), run.path)
             if record.get("output"):
-                wanted.setdefault(run.path / record["output"], folder)
+                wanted.setdefault(run.path / record["output"], run.path)
     return wanted
 
 
@@ -128,12 +124,12 @@ def write_report(run_dirs: list[str | Path], output: str | Path | None = None) -
     html = Path(output) if output else runs[0].path / "report.html"
     page_dir = html.resolve().parent
 
-    by_folder: dict[Path, list[Path]] = {}
-    for source, folder in _thumbnail_sources(runs).items():
-        by_folder.setdefault(folder, []).append(source)
+    by_run: dict[Path, list[Path]] = {}
+    for source, run_dir in _thumbnail_sources(runs).items():
+        by_run.setdefault(run_dir, []).append(source)
     thumbs: dict[Path, Path] = {}
-    for folder, sources in by_folder.items():
-        thumbs.update(make_thumbnails(sources, folder))
+    for run_dir, sources in by_run.items():
+        thumbs.update(make_thumbnails(sources, run_dir))
 
     headers, pngs = [], []
     timelines = [build_timeline(run) for run in runs]

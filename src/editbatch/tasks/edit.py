@@ -17,6 +17,7 @@ from ..imageio import load_rgb, save_png
 from ..leases import Lease
 from ..models import identity
 from ..models.base import EditRequest
+from ..report.thumbnails import write_item_thumbnails
 from ..workers import runtime
 from ..workers.roots import confine
 from .contract import TASK_NAME, EditTask
@@ -138,6 +139,8 @@ def _run(task: EditTask, rt: "runtime.WorkerRuntime", result: dict) -> None:
         finally:
             result["finished_at"] = time.time()
         save_png(out.image, target)
+        # The report's thumbnails, from the images in memory: a report of thousands of items then decodes none.
+        write_item_thumbnails(task.output_dir, target, out.image, zip(task.images, images))
         info = dict(out.info)
         result.update(status="ok", output=relative, work_s=info.pop("work_s", None), info=info)
         ledger.write_record(task.output_dir, {**result, "model": task.model, "run": task.run})
