@@ -189,3 +189,21 @@ def test_same_bytes_in_another_process(cache):
 def test_unknown_param_fails_at_load(cache):
     with pytest.raises(ModelLoadError, match="num_inference_step: .*did you mean 'num_inference_steps'"):
         make_model("instruct_pix2pix", params={"num_inference_step": 2}).load()
+
+
+def test_a_cancelled_run_stops_the_pipeline_between_steps(loaded, cache):
+    """`should_stop` is asked after every denoising step; once true, the call ends without an image."""
+    from editbatch.models.base import EditCancelled
+
+    asked = []
+
+    def should_stop() -> bool:
+        asked.append(True)
+        return len(asked) >= 2  # the run is cancelled during the second step
+
+    request = request_for(loaded, seed=7, num_inference_steps=4)
+    request.should_stop = should_stop
+    with pytest.raises(EditCancelled, match="run cancelled at denoising step 2"):
+        loaded.edit(request)
+    assert len(asked) == 2  # steps 3 and 4 never ran
+    assert loaded.edit(request_for(loaded, seed=7)).image.size == (64, 64)  # the pipeline still serves

@@ -7,12 +7,10 @@ Without a reachable Redis the devices are reported as unknown.
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
+from .producer.resume import producer_alive
 from .report.run_folder import read_run_folder
 
 
@@ -33,25 +31,11 @@ class RunStatus:
     note: str | None = None
 
 
-def _producer_alive(run: dict[str, Any]) -> bool | None:
-    """True/False for a producer on this host; None when it runs elsewhere."""
-    if not run.get("pid") or run.get("host") != socket.gethostname():
-        return None
-    try:
-        os.kill(run["pid"], 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _device_states(broker: str, namespace: str, devices: list[str], run_id: str | None) -> dict[str, str]:
-    from redis import Redis
-
+    from .redisconn import connect
     from .workers.presence import read_workers
 
-    redis = Redis.from_url(broker, socket_connect_timeout=3, socket_timeout=3)
+    redis = connect(broker)
     try:
         records = read_workers(redis, namespace, devices)
     finally:
@@ -78,7 +62,7 @@ def read_status(run_dir: str, broker: str | None = None) -> RunStatus:
     total = run.get("items") or summary.get("items") or len(records)
     done = sum(counts.values())
     finished = bool(summary)  # the folder reader drops a summary left by an earlier run
-    alive = _producer_alive(run)
+    alive = producer_alive(run)
     state = "finished" if finished else {True: "running", False: "stopped (producer gone)", None: "running?"}[alive]
     ran = [r for r in records if r.get("finished_at") and r.get("status") != "invalid"]
     start = summary.get("started_at") or (min(r["started_at"] for r in ran if r.get("started_at")) if ran else None)

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 from pathlib import Path
 
 from .. import keys, redisconn
 from ..errors import ConfigError
-from .resume import RUN_FILE, read_run_file
+from .resume import RUN_FILE, producer_alive, read_run_file
 
 
 def cancel_run(out_dir: Path, *, broker: str | None) -> str:
@@ -33,17 +32,16 @@ def cancel_run(out_dir: Path, *, broker: str | None) -> str:
                    ex=keys.RUN_STATE_TTL_S)
         client.close()
         done.append("marked cancelled in Redis")
-    pid = run.get("pid")
-    if run.get("host") == socket.gethostname() and isinstance(pid, int) and _is_producer(pid):
-        os.kill(pid, signal.SIGINT)
-        done.append(f"producer {pid} interrupted")
+    if producer_alive(run) and _is_editbatch(run["pid"]):  # never signal a later process that got its pid
+        os.kill(run["pid"], signal.SIGINT)
+        done.append(f"producer {run['pid']} interrupted")
     if not done:
         raise ConfigError(str(out_dir), None, f"run {run_id} runs on {run.get('host')}: pass --broker URL "
                                               "(or set EDITBATCH_BROKER) to cancel it through Redis")
     return f"run {run_id}: " + ", ".join(done)
 
 
-def _is_producer(pid: int) -> bool:
+def _is_editbatch(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             return b"editbatch" in fh.read()

@@ -54,6 +54,26 @@ class Manifest:
         return ordered
 
 
+def read_manifest(path: Path) -> list[dict[str, Any]]:
+    """The manifest's records, one per index, in input order.
+
+    The file is appended as results arrive, so a running or killed run has
+    several lines for a retried item (the last wins) and may end in a line
+    cut short; a finished run's file has been rewritten with one line each.
+    """
+    if not path.is_file():
+        return []
+    by_index: dict[int, dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # empty, or being written (or cut short by a crash)
+        if isinstance(record, dict):
+            by_index[record.get("index", len(by_index))] = record
+    return [by_index[i] for i in sorted(by_index)]
+
+
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     write_atomic(path, "".join(json.dumps(record) + "\n" for record in records))
 

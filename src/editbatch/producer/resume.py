@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from .. import ledger
 from ..config import RunConfig
 from ..dataset import Item
 from ..errors import ConfigError
+from .outputs import read_manifest
 
 RUN_FILE = "run.json"
 # What a run writes into its folder; --overwrite removes these and nothing else.
@@ -98,20 +101,22 @@ class Carried:
 
 
 def previous_manifest(out_dir: Path) -> dict[str, dict[str, Any]]:
-    """The last line per item id (the file is appended as results arrive, so a killed run has repeats)."""
-    records: dict[str, dict[str, Any]] = {}
+    """The earlier run's last record per item id."""
+    return {str(r["id"]): r for r in read_manifest(out_dir / "manifest.jsonl") if "id" in r}
+
+
+def producer_alive(run: dict[str, Any]) -> bool | None:
+    """Whether the process named in run.json still exists: None when it runs on another host."""
+    pid = run.get("pid")
+    if run.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return None
     try:
-        lines = (out_dir / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return records
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a crash
-        if isinstance(record, dict) and "id" in record:
-            records[str(record["id"])] = record
-    return records
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def carry_over(out_dir: Path, items: list[Item], seeds: dict[int, int], model: dict[str, Any]) -> Carried:

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from ..errors import EditBatchError
+from ..producer.outputs import read_manifest
 
 
 @dataclass
@@ -59,22 +60,6 @@ def _json(path: Path, default: Any) -> Any:
         return default
     except json.JSONDecodeError as exc:
         raise EditBatchError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
-
-
-def read_manifest(path: Path) -> list[dict[str, Any]]:
-    """The manifest's records, one per index (while a run is going, a later line for an index wins)."""
-    if not path.is_file():
-        return []
-    by_index: dict[int, dict[str, Any]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line being written right now
-        by_index[record.get("index", len(by_index))] = record
-    return [by_index[i] for i in sorted(by_index)]
 
 
 def read_run_folder(path: str | Path) -> RunFolder:

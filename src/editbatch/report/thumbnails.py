@@ -47,9 +47,10 @@ def thumbnail_path(run_dir: Path, source: Path) -> Path:
 
 
 def is_fresh(source: Path, target: Path) -> bool:
-    """True when `target` exists and is not older than `source`."""
+    """True when `target` exists, is not empty (a write cut short) and is not older than `source`."""
     try:
-        return target.stat().st_mtime >= source.stat().st_mtime
+        made = target.stat()
+        return made.st_size > 0 and made.st_mtime >= source.stat().st_mtime
     except OSError:
         return False
 
@@ -65,7 +66,7 @@ def encode(image: Image.Image) -> bytes:
 
 def write_thumbnail(image: Image.Image, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(target, encode(image))
+    write_atomic(target, encode(image), sync=False)  # a cache: remade when missing or stale
 
 
 def write_item_thumbnails(run_dir: str | Path, output: Path, image: Image.Image,
