@@ -34,6 +34,11 @@ def run_prefix(namespace: str, run_id: str) -> str:
     return f"{namespace}:run:{run_id}:"
 
 
+def is_run_key(namespace: str, key: str) -> bool:
+    """A key a worker may write for a task: one of some run's keys in its own namespace."""
+    return key.startswith(f"{namespace}:run:")
+
+
 def results(namespace: str, run_id: str) -> str:
     return run_prefix(namespace, run_id) + "results"
 

@@ -1,0 +1,65 @@
+"""Is a worker gone? The one rule, asked by the dispatcher, the local cluster and the item claim.
+
+The evidence is the worker's presence record (`workers/presence.py`): a
+heartbeat rewrites it every `PRESENCE_BEAT_S`, and Redis drops it after
+`PRESENCE_TTL_S` without one. A worker is gone when its record is missing
+(three beats missed: killed, stopped, hung outside Python, or cut off from
+Redis), when the record names another process (the device's worker was
+started again), or when it says the worker failed. A retiring worker is not
+gone: it finishes the item it holds, then leaves.
+
+A worker judged gone may still be alive (a long pause, a network cut) and
+finish its item later; fencing at the item's commit (see `tasks/commit.py`)
+makes that harmless, so this rule can afford to be quick.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from redis import Redis
+
+from . import keys
+
+SERVING = "ready"
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One worker as its presence record shows it now."""
+
+    queue: str
+    record: dict[str, Any] | None
+
+    @property
+    def pid(self) -> int | None:
+        return self.record.get("pid") if self.record else None
+
+    @property
+    def serving(self) -> bool:
+        """Takes new items (loaded, not retiring, not switching models)."""
+        return self.record is not None and self.record.get("state") == SERVING
+
+    def gone(self, pid: int | None = None) -> str | None:
+        """Why this worker (or its process `pid`, when given) is gone; None while it lives."""
+        if self.record is None:
+            return f"{self.queue}: worker is gone (no heartbeat for {keys.PRESENCE_TTL_S}s)"
+        if pid is not None and self.pid is not None and self.pid != pid:
+            return f"{self.queue}: worker exited (started again since)"
+        if self.record.get("state") == "failed":
+            return f"{self.queue}: worker failed ({self.record.get('error') or 'no reason given'})"
+        return None
+
+
+def look(redis: Redis, namespace: str, queues: Iterable[str]) -> dict[str, Seen]:
+    """Every named worker as seen now (one round trip)."""
+    names = sorted(set(queues))
+    values = redis.mget([keys.worker(namespace, q) for q in names]) if names else []
+    return {q: Seen(q, json.loads(v) if v else None) for q, v in zip(names, values)}
+
+
+def gone(redis: Redis, namespace: str, queue: str, pid: int | None = None) -> str | None:
+    """Why the worker serving `queue` (process `pid`, when given) is gone, or None while it lives."""
+    return look(redis, namespace, [queue])[queue].gone(pid)
