@@ -68,12 +68,12 @@ class BatchBarrier:
     def open_key(self) -> str:
         return f"{self.prefix}:{self.batch}:open"
 
-    def arrive(self, redis: Redis) -> int:
+    def arrive(self, redis: Redis, index: int | None = None) -> int:
         """Record that one task of this batch finished (ok or not); returns how many have."""
         return int(redis.eval(_ARRIVE, 2, self.arrived_key, self.open_key, self.parties, self.waiters,
                               BARRIER_TTL_S))
 
-    def force_open(self, redis: Redis) -> bool:
+    def force_open(self, redis: Redis, indexes=None) -> bool:
         """Count every party in (the producer knows they all finished); True if arrivals were missing."""
         return bool(redis.eval(_FORCE_OPEN, 2, self.arrived_key, self.open_key, self.parties, self.waiters,
                                BARRIER_TTL_S))

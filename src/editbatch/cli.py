@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 
+from . import layout
 from .errors import EXIT_USAGE, ConfigError, EditBatchError
 
 
@@ -202,10 +203,10 @@ def _cmd_resume(args) -> int:
     from .producer.run import RunOptions, execute
 
     folder = Path(args.output_dir)
-    resolved = folder / "config.resolved.yaml"
+    resolved = folder / layout.CONFIG
     if not resolved.is_file():
         raise ConfigError(str(folder), None, "no config.resolved.yaml here: not an editbatch output folder")
-    if args.command == "retry" and not (folder / "summary.json").is_file():
+    if args.command == "retry" and not (folder / layout.SUMMARY).is_file():
         raise ConfigError(str(folder), None, "this run has not finished (no summary.json): use `editbatch resume`")
     overrides = [f"output_dir={folder.resolve()}"]
     broker = args.broker or os.environ.get("EDITBATCH_BROKER")
@@ -215,7 +216,7 @@ def _cmd_resume(args) -> int:
     if "***" in config.cluster.broker:
         raise ConfigError(str(resolved), "cluster.broker", "the run used an external broker whose password is "
                                                            "not stored: pass --broker URL or set EDITBATCH_BROKER")
-    options = RunOptions(resume=True, force=getattr(args, "force", False))
+    options = RunOptions(resume=True, force=getattr(args, "force", False), only_failed=args.command == "retry")
     return execute(config, source=str(resolved), options=options).exit_code
 
 

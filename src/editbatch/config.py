@@ -20,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .devices import Device, expand_devices
 from .errors import ConfigError
 from .models.registry import canonical_name, model_names
+from .scheduling.policies import MODES
 from .output_folder import missing_parent_problem, refused_output_dir
 
-MODES = ("sync", "nosync", "balanced", "window")
 SEED_MODEL_PATH = "Qwen/Qwen-Image-Edit"
 # 100 megapixels: an 8192x8192 or 10000x10000 input passes; decoded as RGB it is
 # 300 MB, so a tiny compressed "bomb" cannot make a worker allocate gigabytes.
@@ -118,7 +118,7 @@ class ClusterConfig(_Strict):
 
 
 class ScheduleConfig(_Strict):
-    mode: Literal["sync", "nosync", "balanced", "window"] = "sync"
+    mode: str = Field(default="sync", description=f"how items are released: {', '.join(MODES)}")
     seed: int = 42
     task_timeout_s: float = Field(default=600.0, gt=0)
     visibility_timeout_s: float | None = Field(
@@ -131,6 +131,15 @@ class ScheduleConfig(_Strict):
     barrier: Literal["worker", "producer"] = Field(
         default="worker", description="sync mode: hold the batch barrier on the workers (next batch pre-queued) "
                                       "or in the producer (next group sent after the last result)")
+
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, value: str) -> str:
+        if value not in MODES:
+            close = difflib.get_close_matches(value, MODES, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown mode {value!r}{hint} (known: {', '.join(MODES)})")
+        return value
 
 
 class JobsConfig(_Strict):

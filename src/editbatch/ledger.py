@@ -14,11 +14,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from . import layout
 from .atomicfile import write_atomic
 from .dataset import output_name
 
-RECORDS = "records"
-IMAGES = "images"
+RECORDS = layout.RECORDS
+IMAGES = layout.IMAGES
 
 
 def image_relpath(item_id: str) -> str:

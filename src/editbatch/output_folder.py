@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from . import layout
 from .errors import ConfigError
 
 # Top-level system folders: a run's files must never land directly in one.
@@ -45,7 +46,7 @@ def create_output_dir(path: Path, source: str) -> Path:
     """Create the run's folder (and images/); any failure is one config error naming `output_dir`."""
     out_dir = path.resolve()
     try:
-        (out_dir / "images").mkdir(parents=True, exist_ok=True)
+        (out_dir / layout.IMAGES).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(source, "output_dir", f"cannot create {path}: {exc.strerror or exc}") from None
     return out_dir

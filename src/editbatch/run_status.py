@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from . import runstate
+from .counts import Counts, count
 from .producer.resume import producer_alive
 from .report.run_folder import read_run_folder
 
@@ -19,12 +21,8 @@ class RunStatus:
     run_id: str | None
     name: str
     folder: str
-    state: str  # running, finished, stopped, unknown
-    total: int
-    done: int
-    ok: int
-    failed: int
-    invalid: int
+    state: str  # running, finished, cancelled, stopped (producer gone)
+    counts: Counts
     rate: float | None  # items per second
     eta_s: float | None
     devices: dict[str, str] = field(default_factory=dict)  # queue -> state text
@@ -58,19 +56,19 @@ def _device_states(broker: str, namespace: str, devices: list[str], run_id: str 
 def read_status(run_dir: str, broker: str | None = None) -> RunStatus:
     folder = read_run_folder(run_dir)
     run, summary, records = folder.run, folder.summary, folder.manifest
-    counts = {s: sum(1 for r in records if r.get("status") == s) for s in ("ok", "failed", "invalid")}
-    total = run.get("items") or summary.get("items") or len(records)
-    done = sum(counts.values())
-    finished = bool(summary)  # the folder reader drops a summary left by an earlier run
-    alive = producer_alive(run)
-    state = "finished" if finished else {True: "running", False: "stopped (producer gone)", None: "running?"}[alive]
+    tally = count(records, total=run.get("items") or summary.get("items") or len(records))
+    finished = bool(summary) or run.get("state") in runstate.OVER  # a summary left by an earlier run is dropped
+    if finished:
+        state = "cancelled" if (run.get("state") or summary.get("state")) == runstate.CANCELLED else "finished"
+    else:
+        state = {True: "running", False: "stopped (producer gone)", None: "running?"}[producer_alive(run)]
     ran = [r for r in records if r.get("finished_at") and r.get("status") != "invalid"]
     start = summary.get("started_at") or (min(r["started_at"] for r in ran if r.get("started_at")) if ran else None)
     end = summary.get("finished_at") if finished else time.time()
     rate = len(ran) / (end - start) if ran and start and end and end > start else None
-    eta = (total - done) / rate if rate and not finished else (0.0 if finished else None)
-    status = RunStatus(run.get("run_id") or summary.get("run_id"), folder.name, str(folder.path), state, total, done,
-                       counts["ok"], counts["failed"], counts["invalid"], rate, eta)
+    eta = tally.pending / rate if rate and not finished else (0.0 if finished else None)
+    status = RunStatus(run.get("run_id") or summary.get("run_id"), folder.name, str(folder.path), state, tally,
+                       rate, eta)
     devices = folder.devices
     url = broker or (run.get("broker") if "***" not in (run.get("broker") or "***") else None)
     if finished:
@@ -95,14 +93,16 @@ def _duration(seconds: float) -> str:
 
 
 def render_status(s: RunStatus) -> str:
-    pct = f" ({100 * s.done / s.total:.0f}%)" if s.total else ""
+    c = s.counts
+    done = c.ok + c.failed + c.invalid  # not-run items are not done: a resume runs them
+    pct = f" ({100 * done / c.total:.0f}%)" if c.total else ""
     lines = [
         f"run {s.run_id or '-'} ({s.name}): {s.state}",
         f"folder: {s.folder}",
-        f"items: {s.done}/{s.total} done{pct}: {s.ok} ok, {s.failed} failed, {s.invalid} invalid",
+        f"items: {done}/{c.total} done{pct}: {c.text()}",
         f"rate: {s.rate:.2f} items/s" if s.rate else "rate: -",
     ]
-    if s.state != "finished":
+    if s.state not in ("finished", "cancelled"):
         lines.append(f"eta: {_duration(s.eta_s)}" if s.eta_s is not None else "eta: -")
     lines.append("devices:")
     lines += [f"  {d}: {state}" for d, state in s.devices.items()]

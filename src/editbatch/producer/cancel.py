@@ -13,7 +13,7 @@ import os
 import signal
 from pathlib import Path
 
-from .. import keys, redisconn
+from .. import redisconn, runstate
 from ..errors import ConfigError
 from .resume import RUN_FILE, producer_alive, read_run_file
 
@@ -23,14 +23,15 @@ def cancel_run(out_dir: Path, *, broker: str | None) -> str:
     if run is None:
         raise ConfigError(str(out_dir), None, f"no {RUN_FILE} here: not an editbatch output folder")
     run_id, state = str(run.get("run_id")), run.get("state")
-    if state != "running":
+    if state != runstate.RUNNING:
         raise ConfigError(str(out_dir), None, f"run {run_id} is not running (state: {state})")
     done = []
     if broker:
         client = redisconn.connect(broker)
-        client.set(keys.run_state(str(run.get("namespace") or "editbatch"), run_id), "cancelled",
-                   ex=keys.RUN_STATE_TTL_S)
-        client.close()
+        try:
+            runstate.mark_cancelled(client, str(run.get("namespace") or "editbatch"), run_id)
+        finally:
+            client.close()
         done.append("marked cancelled in Redis")
     if producer_alive(run) and _is_editbatch(run["pid"]):  # never signal a later process that got its pid
         os.kill(run["pid"], signal.SIGINT)

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .. import layout
 from ..atomicfile import write_atomic
 
 MANIFEST_FIELDS = ("id", "index", "status", "output", "device", "worker", "batch", "seed", "submitted_at",
@@ -38,7 +39,7 @@ def manifest_record(item, seed: int, result: dict[str, Any] | None = None) -> di
 
 class Manifest:
     def __init__(self, output_dir: Path):
-        self.path = output_dir / "manifest.jsonl"
+        self.path = output_dir / layout.MANIFEST
         self.records: dict[int, dict[str, Any]] = {}
         self._fh = self.path.open("w", encoding="utf-8")
 

@@ -7,9 +7,8 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from ..scheduling import policy_class
 from .progress_lines import ProgressLines
-
-LABELS = {"sync": "[SYNC]", "nosync": "[NO-SYNC]", "balanced": "[BALANCED]", "window": "[WINDOW]"}
 
 
 def preview(indices: list[int], shown: int = 5) -> str:
@@ -22,6 +21,7 @@ class Progress:
     def __init__(self, mode: str, total: int, devices: list[str], *, stream: TextIO | None = None,
                  batches: int | None = None, batch_size: int | None = None):
         self.mode = mode
+        self.facts = policy_class(mode)  # what the mode is: its label, whether it synchronises batches
         self.total = total
         self.devices = devices
         self.stream = stream or sys.stdout
@@ -41,37 +41,27 @@ class Progress:
 
     def banner(self, model: str, items: int, invalid: int, extra: str = "") -> None:
         self.say(f"[editbatch] Starting batch edit: {items} images on {len(self.devices)} devices ({model})")
-        self.say(f"  Batch synchronization: {'ENABLED' if self.mode == 'sync' else 'DISABLED'}"
+        self.say(f"  Batch synchronization: {'ENABLED' if self.facts.synchronised else 'DISABLED'}"
                  f"  (mode: {self.mode}{extra})")
         if invalid:
             self.say(f"  {invalid} invalid item(s) recorded and skipped (see manifest.jsonl)")
 
-    def assignment(self, per_device: dict[str, list[int]] | None, in_flight: int | None = None) -> None:
+    def assignment(self, per_device: dict[str, list[int]] | None, how: list[str]) -> None:
+        """The seed's task-assignment table, then the mode's own lines (`how`)."""
         if per_device is None:
             self.say("Task Assignment: one shared queue, whichever device is free takes the next item")
         else:
             self.say("Task Assignment:")
             for device, indices in per_device.items():
                 self.say(f"  {device}: {len(indices)} images -> {preview(indices)}")
-        if self.mode == "sync":
-            self.say("Batch synchronization mode:")
-            self.say(f"   - Total batches: {self.batches}")
-            self.say(f"   - Batch size: {self.batch_size} (one task per device)")
-        elif self.mode == "window":
-            self.say(f"Window mode: {self.batches} batches of {self.batch_size}, "
-                     f"at most {in_flight} items from the oldest unfinished one")
-        elif self.mode == "nosync":
-            self.say(f"No-sync mode: All {self.total} tasks submitted at once"
-                     + (f" (at most {in_flight} held in Redis at a time)"
-                        if in_flight and in_flight < self.total else ""))
-        else:
-            self.say(f"Balanced mode: {self.total} tasks through the shared queue")
+        for line in how:
+            self.say(line)
 
     def start(self) -> None:
         if not sys.stderr.isatty():
-            self.bar = ProgressLines(self.total, f"{LABELS[self.mode]} Editing images", sys.stderr)
+            self.bar = ProgressLines(self.total, f"{self.facts.label} Editing images", sys.stderr)
             return
-        self.bar = tqdm(total=self.total, desc=f"{LABELS[self.mode]} Editing images", unit="img",
+        self.bar = tqdm(total=self.total, desc=f"{self.facts.label} Editing images", unit="img",
                         file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
 
     def track_batch(self, batch: int | None, size: int) -> None:
@@ -96,7 +86,7 @@ class Progress:
             took = entry[4] - entry[1] if entry[1] is not None else 0.0
             # First start to last finish, from the workers' clocks.
             self._closed[batch] = (f"Batch {batch + 1}/{self.batches} done in {took:.2f}s, "
-                                   f"{'GPUs synced' if self.mode == 'sync' else 'all items done'} ({slowest})")
+                                   f"{'GPUs synced' if self.facts.synchronised else 'all items done'} ({slowest})")
             # Lines come out in batch order, a resume cursor the reader can trust.
             while self._next_batch_line in self._closed:
                 self.say(self._closed.pop(self._next_batch_line))

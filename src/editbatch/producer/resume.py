@@ -19,16 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import ledger
+from .. import layout, ledger
 from ..config import RunConfig
 from ..dataset import Item
 from ..errors import ConfigError
 from .outputs import read_manifest
 
-RUN_FILE = "run.json"
-# What a run writes into its folder; --overwrite removes these and nothing else.
-RUN_FILES = ("run.json", "manifest.jsonl", "summary.json", "workers.json", "report.html", "timeline.png")
-RUN_FOLDERS = (ledger.IMAGES, ledger.RECORDS, "report")
+RUN_FILE = layout.RUN
 
 
 def identity(config: RunConfig) -> dict[str, Any]:
@@ -53,10 +50,6 @@ def first_difference(old: Any, new: Any, path: str = "") -> str | None:
     return None if old == new else path
 
 
-def holds_a_run(out_dir: Path) -> bool:
-    return any((out_dir / name).exists() for name in (RUN_FILE, "manifest.jsonl", ledger.RECORDS))
-
-
 def read_run_file(out_dir: Path) -> dict[str, Any] | None:
     try:
         data = json.loads((out_dir / RUN_FILE).read_text(encoding="utf-8"))
@@ -68,7 +61,7 @@ def read_run_file(out_dir: Path) -> dict[str, Any] | None:
 def check_folder(out_dir: Path, config: RunConfig, source: str, *, resume: bool, overwrite: bool,
                  force: bool) -> dict[str, Any] | None:
     """Decide what an existing folder means for this run; return the earlier run.json when resuming."""
-    if not holds_a_run(out_dir):
+    if not layout.holds_a_run(out_dir):
         return None
     if overwrite:
         remove_run_files(out_dir)
@@ -86,9 +79,9 @@ def check_folder(out_dir: Path, config: RunConfig, source: str, *, resume: bool,
 
 
 def remove_run_files(out_dir: Path) -> None:
-    for name in RUN_FILES:
+    for name in layout.RUN_FILES:
         (out_dir / name).unlink(missing_ok=True)
-    for name in RUN_FOLDERS:
+    for name in layout.RUN_FOLDERS:
         shutil.rmtree(out_dir / name, ignore_errors=True)
 
 
@@ -102,7 +95,7 @@ class Carried:
 
 def previous_manifest(out_dir: Path) -> dict[str, dict[str, Any]]:
     """The earlier run's last record per item id."""
-    return {str(r["id"]): r for r in read_manifest(out_dir / "manifest.jsonl") if "id" in r}
+    return {str(r["id"]): r for r in read_manifest(out_dir / layout.MANIFEST) if "id" in r}
 
 
 def producer_alive(run: dict[str, Any]) -> bool | None:

@@ -16,6 +16,8 @@ from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from .. import layout
+from ..counts import count
 from .run_folder import RunFolder, read_run_folder
 from .thumbnails import make_thumbnails
 from .timeline import build_timeline, svg_geometry, write_timeline_png
@@ -52,8 +54,7 @@ def header_figures(run: RunFolder) -> list[tuple[str, str]]:
         ("model", model_text or "-"),
         ("LoRA", f"{lora['path']} (scale {lora.get('scale', 1.0):g})" if lora.get("path") else "none"),
         ("mode", run.mode or "-"),
-        ("items", f"{s.get('items', len(run.manifest))}: {s.get('ok', '-')} ok, {s.get('failed', '-')} failed, "
-                  f"{s.get('invalid', '-')} invalid"),
+        ("items", f"{len(run.manifest) or s.get('items', 0)}: {count(run.manifest).text()}"),
         ("makespan", _fmt(s.get("makespan_s"), " s")),
         ("efficiency", _fmt(s.get("efficiency"), "", 3)),
         ("overhead vs ideal", f"{overhead * 100:+.1f}% (ideal {_fmt(s.get('ideal_s'), ' s')})"
@@ -121,7 +122,7 @@ def write_report(run_dirs: list[str | Path], output: str | Path | None = None) -
     """Write the report of `run_dirs` (default `<first run>/report.html`) and each run's timeline.png."""
     began = time.perf_counter()
     runs = [read_run_folder(d) for d in run_dirs]
-    html = Path(output) if output else runs[0].path / "report.html"
+    html = Path(output) if output else runs[0].path / layout.REPORT
     page_dir = html.resolve().parent
 
     by_run: dict[Path, list[Path]] = {}
@@ -135,7 +136,7 @@ def write_report(run_dirs: list[str | Path], output: str | Path | None = None) -
     timelines = [build_timeline(run) for run in runs]
     longest = max(t.span for t in timelines)
     for k, (run, timeline) in enumerate(zip(runs, timelines)):
-        png = run.path / "timeline.png"
+        png = run.path / layout.TIMELINE
         write_timeline_png(timeline, png, title=f"{run.name} ({run.mode})")
         pngs.append(png)
         index_to_key = {}

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from .. import layout
 from ..errors import EditBatchError
 from ..producer.outputs import read_manifest
 
@@ -66,17 +67,17 @@ def read_run_folder(path: str | Path) -> RunFolder:
     folder = Path(path)
     if not folder.is_dir():
         raise EditBatchError(f"{folder}: not a run folder (no such directory)")
-    if not (folder / "manifest.jsonl").is_file() and not (folder / "run.json").is_file():
+    if not (folder / layout.MANIFEST).is_file() and not (folder / layout.RUN).is_file():
         raise EditBatchError(f"{folder}: not a run folder (no manifest.jsonl or run.json)")
-    config_file = folder / "config.resolved.yaml"
+    config_file = folder / layout.CONFIG
     config = yaml.safe_load(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
-    run = _json(folder / "run.json", {})
-    summary = _json(folder / "summary.json", {})
-    manifest_file = folder / "manifest.jsonl"
+    run = _json(folder / layout.RUN, {})
+    summary = _json(folder / layout.SUMMARY, {})
+    manifest_file = folder / layout.MANIFEST
     manifest = read_manifest(manifest_file)
     # A run started again in the same folder: until it writes its own, the files are the last run's.
     if run.get("run_id") and summary.get("run_id") not in (None, run["run_id"]):
         summary = {}
     if run.get("started_at") and manifest_file.is_file() and manifest_file.stat().st_mtime < run["started_at"]:
         manifest = []
-    return RunFolder(folder.resolve(), summary, config or {}, manifest, _json(folder / "workers.json", []), run)
+    return RunFolder(folder.resolve(), summary, config or {}, manifest, _json(folder / layout.WORKERS, []), run)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..scheduling import MODES, policy_class
 from .run_folder import RunFolder
 
 # Alternating batch colours, the colour of un-batched modes, failures and loads.
@@ -61,7 +62,8 @@ def build_timeline(run: RunFolder) -> Timeline:
         lane = lanes.setdefault(w.get("queue") or w.get("device"), Lane(w.get("queue") or w.get("device")))
         lane.bars.append(Bar(w["load_started_at"] - origin, w["load_finished_at"] - origin, "load", LOAD_COLOUR,
                              f"{lane.device}: model load {w['load_finished_at'] - w['load_started_at']:.2f}s"))
-    batched = run.mode in ("sync", "window")
+    facts = policy_class(run.mode) if run.mode in MODES else None
+    batched = bool(facts and facts.batched)
     for r in ran:
         failed = r.get("status") != "ok"
         batch = r.get("batch")
@@ -74,7 +76,7 @@ def build_timeline(run: RunFolder) -> Timeline:
             Bar(r["started_at"] - origin, r["finished_at"] - origin, "item", colour, label, r.get("index"), failed))
 
     idle = 0.0
-    if run.mode == "sync":
+    if facts is not None and facts.synchronised:
         # A device that finished its batch item early waits for the batch's slowest one.
         by_batch: dict[int, list[dict]] = {}
         for r in ran:

@@ -5,6 +5,6 @@ on its own and reused by the producer, the benchmark and the summary.
 """
 
 from .metrics import Timing
-from .policies import Assignment, Policy, make_policy
+from .policies import MODES, Assignment, Policy, make_policy, policy_class
 
-__all__ = ["Assignment", "Policy", "Timing", "make_policy"]
+__all__ = ["MODES", "Assignment", "Policy", "Timing", "make_policy", "policy_class"]

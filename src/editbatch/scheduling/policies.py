@@ -21,11 +21,43 @@ class Assignment:
 
 
 class Policy:
+    """A mode: its release rule and the facts the rest of editbatch asks about it.
+
+    A new mode is a subclass here (and its test): the producer, the progress
+    lines, the summary and the report read these attributes instead of
+    comparing mode names.
+    """
+
     mode = ""
+    label = ""  # the progress bar's prefix, as in the seed's logs
+    batched = False  # items carry a batch number (the report colours batches)
+    synchronised = False  # a barrier between batches: its idle time is this mode's cost
+    per_device_queues = False  # items go to fixed devices (the assignment table lists them)
+    skew_bounded = False  # `schedule.max_skew` applies
 
     def __init__(self, n: int):
         self.n = n
         self.finished = 0
+
+    @classmethod
+    def build(cls, n: int, queues: list[str], shared_queue: str, *, depth: int, max_skew: int,
+              lookahead: int) -> "Policy":
+        raise NotImplementedError
+
+    @classmethod
+    def in_flight(cls, devices: int, *, depth: int, max_skew: int) -> int:
+        """How many items may be out at once (queued or running)."""
+        return devices * depth
+
+    @classmethod
+    def describe(cls, total: int, devices: int, *, depth: int, max_skew: int) -> list[str]:
+        """The lines under the assignment table that explain how this mode releases work."""
+        raise NotImplementedError
+
+    @classmethod
+    def settings_text(cls, *, max_skew: int) -> str:
+        """What the banner adds after the mode's name."""
+        return ""
 
     def start(self) -> list[Assignment]:
         raise NotImplementedError
@@ -61,6 +93,23 @@ class SyncPolicy(Policy):
     """
 
     mode = "sync"
+    label = "[SYNC]"
+    batched = True
+    synchronised = True
+    per_device_queues = True
+
+    @classmethod
+    def build(cls, n, queues, shared_queue, *, depth, max_skew, lookahead):
+        return cls(n, queues, lookahead)
+
+    @classmethod
+    def in_flight(cls, devices, *, depth, max_skew):
+        return devices
+
+    @classmethod
+    def describe(cls, total, devices, *, depth, max_skew):
+        return ["Batch synchronization mode:", f"   - Total batches: {batch_count(total, devices)}",
+                f"   - Batch size: {devices} (one task per device)"]
 
     def __init__(self, n: int, queues: list[str], lookahead: int = 0):
         super().__init__(n)
@@ -110,6 +159,18 @@ class NoSyncPolicy(Policy):
     """
 
     mode = "nosync"
+    label = "[NO-SYNC]"
+    per_device_queues = True
+
+    @classmethod
+    def build(cls, n, queues, shared_queue, *, depth, max_skew, lookahead):
+        return cls(n, queues, per_queue=depth)
+
+    @classmethod
+    def describe(cls, total, devices, *, depth, max_skew):
+        held = devices * depth
+        return [f"No-sync mode: All {total} tasks submitted at once"
+                + (f" (at most {held} held in Redis at a time)" if held < total else "")]
 
     def __init__(self, n: int, queues: list[str], per_queue: int):
         super().__init__(n)
@@ -134,6 +195,15 @@ class BalancedPolicy(Policy):
     """Everything through one shared queue; whichever device is free takes the next item."""
 
     mode = "balanced"
+    label = "[BALANCED]"
+
+    @classmethod
+    def build(cls, n, queues, shared_queue, *, depth, max_skew, lookahead):
+        return cls(n, shared_queue, in_flight=depth * len(queues))
+
+    @classmethod
+    def describe(cls, total, devices, *, depth, max_skew):
+        return [f"Balanced mode: {total} tasks through the shared queue"]
 
     def __init__(self, n: int, shared_queue: str, in_flight: int):
         super().__init__(n)
@@ -164,6 +234,27 @@ class WindowPolicy(Policy):
     """
 
     mode = "window"
+    label = "[WINDOW]"
+    batched = True
+    skew_bounded = True
+
+    @classmethod
+    def build(cls, n, queues, shared_queue, *, depth, max_skew, lookahead):
+        return cls(n, shared_queue, len(queues), max_skew)
+
+    @classmethod
+    def in_flight(cls, devices, *, depth, max_skew):
+        return (max_skew + 1) * devices
+
+    @classmethod
+    def describe(cls, total, devices, *, depth, max_skew):
+        return [f"Window mode: {batch_count(total, devices)} batches of {devices}, "
+                f"at most {cls.in_flight(devices, depth=depth, max_skew=max_skew)} items from the oldest "
+                "unfinished one"]
+
+    @classmethod
+    def settings_text(cls, *, max_skew):
+        return f", max_skew={max_skew}"
 
     def __init__(self, n: int, shared_queue: str, devices: int, max_skew: int):
         super().__init__(n)
@@ -191,19 +282,27 @@ class WindowPolicy(Policy):
         return self._take()
 
 
+POLICIES: dict[str, type[Policy]] = {cls.mode: cls for cls in (SyncPolicy, NoSyncPolicy, BalancedPolicy,
+                                                                   WindowPolicy)}
+MODES = tuple(POLICIES)
+
+
+def policy_class(mode: str | None) -> type[Policy]:
+    """The class of `mode`, whose attributes are the mode's facts."""
+    try:
+        return POLICIES[str(mode)]
+    except KeyError:
+        raise ValueError(f"unknown mode {mode!r} (known: {', '.join(MODES)})") from None
+
+
+def queue_depth(devices: int, *, prefetch: int, max_in_flight: int = 4096) -> int:
+    """Tasks kept queued per device in nosync and balanced mode: enough that no device waits for the
+    producer (a worker's prefetch plus one), and no more, so the producer never floods Redis or the CPU."""
+    return max(1, min(prefetch + 1, -(-max_in_flight // max(1, devices))))
+
+
 def make_policy(mode: str, n: int, queues: list[str], shared_queue: str, *, max_skew: int = 1,
                 max_in_flight: int = 4096, lookahead: int = 0, depth: int = 2) -> Policy:
-    """Build the policy of `mode`. `depth` is how many tasks to keep queued per device in
-    nosync and balanced mode: enough that no device waits for the producer (a worker's
-    prefetch plus one), and no more, so the producer never floods Redis or the CPU."""
-    g = len(queues)
-    depth = max(1, min(depth, -(-max_in_flight // g)))
-    if mode == "sync":
-        return SyncPolicy(n, queues, lookahead)
-    if mode == "nosync":
-        return NoSyncPolicy(n, queues, per_queue=depth)
-    if mode == "balanced":
-        return BalancedPolicy(n, shared_queue, in_flight=depth * g)
-    if mode == "window":
-        return WindowPolicy(n, shared_queue, g, max_skew)
-    raise ValueError(f"unknown mode {mode!r}")
+    """Build the policy of `mode` over `n` items on the devices of `queues`."""
+    depth = max(1, min(depth, -(-max_in_flight // len(queues))))
+    return policy_class(mode).build(n, queues, shared_queue, depth=depth, max_skew=max_skew, lookahead=lookahead)

@@ -56,6 +56,7 @@ class EditTask:
     arrive_at: dict[str, Any] | None = None  # barrier of this item's batch: count in when finished
     wait_timeout_s: float | None = None
     timeout_s: float | None = None  # the edit itself: past this the worker ends itself (threads cannot be killed)
+    folder: str | None = None  # the output folder's incarnation (run.json's folder_id): item claims are keyed by it
 
     def to_payload(self) -> dict[str, Any]:
         return {"v": VERSION, **asdict(self)}

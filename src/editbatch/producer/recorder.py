@@ -1,0 +1,88 @@
+"""The run's record-keeping: one manifest line per result, each item's attempts and errors, what failed.
+
+The recorder decides what a result means for its item: done, failed for
+good, or to be tried again in the next round (`schedule.retries`). It is
+the only writer of the manifest while the run lasts; counts come from its
+records through `counts.py`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .. import counts
+from ..dataset import Item
+from .outputs import Manifest, manifest_record
+from .resume import Carried
+
+
+class Recorder:
+    def __init__(self, out_dir: Path, items: list[Item], seeds: dict[int, int], carried: Carried, *, retries: int):
+        self.items = items
+        self.seeds = seeds
+        self.retries = retries
+        self.manifest = Manifest(out_dir)
+        self.attempts: dict[int, int] = {}  # item index -> attempts made by this run
+        self.unstarted: dict[int, int] = {}  # item index -> times it was lost before any worker started it
+        # item index -> errors of its failed attempts, earlier runs of the folder included
+        self.errors: dict[int, list[str]] = {
+            index: list(old.get("errors") or ([old["error"]] if old.get("error") else []))
+            for index, old in carried.history.items()}
+        self.failures: list[tuple[str, str]] = []  # (item id, last error) of items that ended failed
+        for item in items:
+            if not item.valid:
+                self.manifest.add(manifest_record(item, seeds[item.index]))
+            elif item.index in carried.done:
+                self.manifest.add(carried.done[item.index])
+
+    def record(self, item: Item, result: dict[str, Any], round_no: int, *, stopping: bool) -> bool:
+        """Put one attempt's result in the manifest; True if the item is to be tried again."""
+        index = item.index
+        if result.get("lost") and not result.get("started"):
+            # Queued on, or held by, a worker that went away before starting it: not an attempt,
+            # unless it keeps happening (no live worker reads its queue): then it fails like one.
+            sends = self.unstarted[index] = self.unstarted.get(index, 0) + 1
+            if sends <= self.retries + 1 and not stopping:
+                return True
+            result = {**result, "error": f"never started after {sends} sends: {result.get('error')}"}
+        attempts = self.attempts[index] = self.attempts.get(index, 0) + 1
+        errors = self.errors.setdefault(index, [])
+        failed = result.get("status") != counts.OK
+        if failed:
+            errors.append(result.get("error") or "failed")
+        retry = failed and not stopping and attempts <= self.retries
+        record = manifest_record(item, self.seeds[index], {**result, "status": counts.OK if not failed
+                                                           else counts.FAILED})
+        record.update(round=round_no, attempts=attempts, errors=list(errors), reused=bool(result.get("reused")))
+        if retry:
+            record["retrying"] = True  # superseded by the retry's record; a resume reads it as failed
+        elif failed:
+            self.failures.append((item.id, record["error"] or "failed"))
+        self.manifest.add(record)
+        return retry
+
+    def close(self, item: Item, error: str, round_no: int, *, status: str = counts.FAILED) -> None:
+        """Settle an item that will not run (again): keep its last failure, or record `status` with `error`."""
+        last = self.manifest.records.get(item.index)
+        if last is not None and last.get("retrying"):
+            record = {k: v for k, v in last.items() if k != "retrying"}
+            status = counts.FAILED
+        else:
+            record = manifest_record(item, self.seeds[item.index], {"status": status, "error": error})
+            record.update(round=round_no, attempts=self.attempts.get(item.index, 0),
+                          errors=self.errors.get(item.index, []) + ([error] if status == counts.FAILED else []),
+                          reused=False)
+        if status == counts.FAILED:
+            self.failures.append((item.id, record["error"] or error))
+        self.manifest.add(record)
+
+    def settled(self, index: int) -> bool:
+        record = self.manifest.records.get(index)
+        return record is not None and counts.is_final(record)
+
+    def counts(self) -> counts.Counts:
+        return counts.count(self.manifest.records.values(), total=len(self.items))
+
+    def finalize(self) -> list[dict[str, Any]]:
+        return self.manifest.finalize()
