@@ -18,7 +18,8 @@ from .resume import Carried
 
 
 class Recorder:
-    def __init__(self, out_dir: Path, items: list[Item], seeds: dict[int, int], carried: Carried, *, retries: int):
+    def __init__(self, out_dir: Path, items: list[Item], seeds: dict[int, int], carried: Carried, *, retries: int,
+                 todo: list[Item]):
         self.items = items
         self.seeds = seeds
         self.retries = retries
@@ -30,15 +31,20 @@ class Recorder:
             index: list(old.get("errors") or ([old["error"]] if old.get("error") else []))
             for index, old in carried.history.items()}
         self.failures: list[tuple[str, str]] = []  # (item id, last error) of items that ended failed
+        to_run = {i.index for i in todo}
         for item in items:
             if not item.valid:
                 self.manifest.add(manifest_record(item, seeds[item.index]))
             elif item.index in carried.done:
                 self.manifest.add(carried.done[item.index])
+            elif item.index not in to_run:  # left as it was (`retry` runs failed items only)
+                self.manifest.add(carried.previous.get(item.index) or manifest_record(
+                    item, seeds[item.index], {"status": counts.NOT_RUN, "error": "not run yet"}))
 
     def record(self, item: Item, result: dict[str, Any], round_no: int, *, stopping: bool) -> bool:
         """Put one attempt's result in the manifest; True if the item is to be tried again."""
         index = item.index
+        hopeless = False
         if result.get("lost") and not result.get("started"):
             # Queued on, or held by, a worker that went away before starting it: not an attempt,
             # unless it keeps happening (no live worker reads its queue): then it fails like one.
@@ -46,12 +52,13 @@ class Recorder:
             if sends <= self.retries + 1 and not stopping:
                 return True
             result = {**result, "error": f"never started after {sends} sends: {result.get('error')}"}
+            hopeless = True  # sending it again would end the same way
         attempts = self.attempts[index] = self.attempts.get(index, 0) + 1
         errors = self.errors.setdefault(index, [])
         failed = result.get("status") != counts.OK
         if failed:
             errors.append(result.get("error") or "failed")
-        retry = failed and not stopping and attempts <= self.retries
+        retry = failed and not stopping and not hopeless and attempts <= self.retries
         record = manifest_record(item, self.seeds[index], {**result, "status": counts.OK if not failed
                                                            else counts.FAILED})
         record.update(round=round_no, attempts=attempts, errors=list(errors), reused=bool(result.get("reused")))

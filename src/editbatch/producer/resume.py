@@ -90,7 +90,8 @@ class Carried:
     """What a resume takes over from the folder: finished items, and the history of the others."""
 
     done: dict[int, dict[str, Any]] = field(default_factory=dict)  # item index -> manifest record
-    history: dict[int, dict[str, Any]] = field(default_factory=dict)  # earlier attempts of items to run
+    history: dict[int, dict[str, Any]] = field(default_factory=dict)  # earlier attempts of items that failed
+    previous: dict[int, dict[str, Any]] = field(default_factory=dict)  # the last record of every item not done
 
 
 def previous_manifest(out_dir: Path) -> dict[str, dict[str, Any]]:
@@ -131,8 +132,10 @@ def carry_over(out_dir: Path, items: list[Item], seeds: dict[int, int], model: d
         if ledger.is_done(out_dir, record, seed=seed, model=model):
             carried.done[item.index] = {**(old if old and old.get("status") == "ok" else {}), **_from_record(record),
                                         "index": item.index, "reused": True}
-        elif old is not None and old.get("status") == "failed":
-            carried.history[item.index] = old
+        elif old is not None:
+            carried.previous[item.index] = old
+            if old.get("status") == "failed":
+                carried.history[item.index] = old
     return carried
 
 

@@ -156,7 +156,7 @@ class Run:
             "runs": earlier + [plan.run_id],
         }
         write_json(plan.out_dir / layout.RUN, run_file)
-        recorder = Recorder(plan.out_dir, plan.items, plan.seeds, plan.carried, retries=sched.retries)
+        recorder = Recorder(plan.out_dir, plan.items, plan.seeds, plan.carried, retries=sched.retries, todo=plan.todo)
         self.report_progress(recorder)
         return recorder, run_file
 
