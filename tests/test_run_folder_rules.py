@@ -22,6 +22,7 @@ from collections import Counter
 import pytest
 
 from editbatch.celery_app import make_app
+from editbatch.producer.outputs import read_manifest
 
 from .conftest import REPO, read_jsonl, read_run, run_cli, simple_rows, write_config, write_dataset
 
@@ -170,3 +171,54 @@ def test_items_nobody_consumes_fail_after_their_attempts(tmp_path, redis_url, lo
     assert not calls.exists()  # nothing was computed
     print(f"4 unconsumed items failed in {took:.1f}s (task_timeout_s=3, retries=1)")
     app.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs, nearly full: the outputs of a run run out of room after an item or two."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {made.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk, leave: int) -> None:
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    (disk / "filler").write_bytes(b"\0" * max(0, free - leave))
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_resume_finishes_it(tmp_path, sim_cluster, sample_image,
+                                                                       small_disk):
+    url = sim_cluster["url"]
+    config, calls = config_for(tmp_path, sample_image, url, n=12, params={"seconds": 0.1})
+    out = small_disk / "out"
+    write_config(config, **{**__import__("yaml").safe_load(config.read_text()), "output_dir": str(out)})
+    fill(small_disk, leave=64 * 1024)
+    proc = run_cli("run", str(config), timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if not line.startswith("[BALANCED] Editing")]
+    assert "Traceback" not in proc.stderr and len(errors) == 1 and errors[0].startswith("editbatch: error: "), \
+        proc.stderr
+    assert "No space left on device" in proc.stderr or "cannot be written" in proc.stderr, proc.stderr
+    records = {p.stem for p in (out / "records").glob("*.json")}
+    if (out / "manifest.jsonl").exists():
+        for record in read_manifest(out / "manifest.jsonl"):  # an append cut short by the full disk is skipped
+            if record["status"] == "ok":  # never ok without its image and its record
+                assert (out / record["output"]).is_file() and record["id"] in records, record
+    computed_before = Counter(c["id"] for c in read_jsonl(calls)) if calls.exists() else Counter()
+
+    (small_disk / "filler").unlink()
+    resumed = run_cli("resume", str(out), "--broker", url, timeout=120)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    manifest, summary = read_run(out)
+    assert len(manifest) == 12 and all(r["status"] == "ok" and (out / r["output"]).is_file() for r in manifest)
+    computed = Counter(c["id"] for c in read_jsonl(calls))
+    done_first = {i for i in records}
+    assert all(computed[i] == computed_before[i] for i in done_first), "an item done before the resume ran again"
+    print(f"done before the disk filled: {len(done_first)} of 12")

@@ -8,6 +8,7 @@ config, usage or cluster error (one line on stderr naming file and field);
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
@@ -170,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         print("editbatch: interrupted; the processes this run started were stopped (tasks already queued on "
               "workers you started yourself may still run)", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
+            raise
+        # A full or read-only disk under a file the command writes: what it wrote before is intact.
+        print(f"editbatch: error: cannot write {exc.filename or 'a file'}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as exc:  # noqa: BLE001 - broker trouble: one line, exit 2
         from kombu.exceptions import OperationalError
         from redis.exceptions import RedisError

@@ -41,15 +41,24 @@ class Manifest:
     def __init__(self, output_dir: Path):
         self.path = output_dir / layout.MANIFEST
         self.records: dict[int, dict[str, Any]] = {}
+        self.write_error: OSError | None = None  # the first failed append (a full disk): the run stops on it
         self._fh = self.path.open("w", encoding="utf-8")
 
     def add(self, record: dict[str, Any]) -> None:
         self.records[record["index"]] = record
-        self._fh.write(json.dumps(record) + "\n")
-        self._fh.flush()
+        if self.write_error is not None:
+            return  # kept in memory; the workers' records hold every finished item anyway
+        try:
+            self._fh.write(json.dumps(record) + "\n")
+            self._fh.flush()
+        except OSError as exc:
+            self.write_error = exc
 
     def finalize(self) -> list[dict[str, Any]]:
-        self._fh.close()
+        try:
+            self._fh.close()
+        except OSError:
+            pass  # the unwritten tail is rewritten whole just below
         ordered = [self.records[i] for i in sorted(self.records)]
         write_jsonl(self.path, ordered)
         return ordered

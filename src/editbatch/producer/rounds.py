@@ -144,6 +144,11 @@ class Round:
         self._watch_writes(result)
 
     def _watch_writes(self, result: dict[str, Any]) -> None:
+        failed = self.ctx.recorder.manifest.write_error
+        if failed is not None:
+            raise OutputsUnwritable(f"{self.ctx.out_dir}: {self.ctx.recorder.manifest.path.name} cannot be written "
+                                    f"({failed.strerror or failed}); run stopped, finished items are kept: free "
+                                    f"space, then editbatch resume {self.ctx.out_dir}")
         if result.get("status") == "ok" or not _UNWRITABLE.search(str(result.get("error") or "")):
             self.unwritable_in_a_row = 0 if result.get("status") == "ok" else self.unwritable_in_a_row
             return
