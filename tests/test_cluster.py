@@ -65,11 +65,12 @@ def test_ctrl_c_stops_every_process_and_keeps_what_finished(tmp_path, sample_ima
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "interrupted" in err
+    assert "interrupted" in err and f"finish it with: editbatch resume {out}" in err, err
     assert wait_gone(pids) == []
     records, summary = read_run(out)
     assert len(records) == 60 and summary["ok"] >= 2
-    assert {r["status"] for r in records} == {"ok", "failed"}
+    assert {r["status"] for r in records} == {"ok", "not_run"}  # stopped, not failed: a resume runs them
+    assert summary["not_run"] == sum(r["status"] == "not_run" for r in records) and summary["failed"] == 0
     assert any("run interrupted before this item" in (r["error"] or "") for r in records)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -122,3 +123,40 @@ def test_plain_celery_worker_logs_the_model_load(make_config, tmp_path):
         worker.terminate()
         worker.wait(20)
         redis.stop()
+
+
+def test_dataset_problems_name_their_line_in_the_file(tmp_path, sample_image):
+    lines = [json.dumps({"id": "a", "image": str(sample_image), "instruction": "x"}), "",
+             "{not json", json.dumps({"id": "b", "image": str(sample_image), "instruction": ""}),
+             json.dumps({"id": "c", "image": str(sample_image), "instruction": "y"})]
+    dataset = tmp_path / "data.jsonl"
+    dataset.write_text("\n".join(lines) + "\n")
+    config = write_config(tmp_path / "c.yaml", dataset={"path": str(dataset)}, output_dir=str(tmp_path / "out"),
+                          model={"type": "simulated"}, cluster={"devices": ["cpu"]})
+    checked = run_cli("validate", str(config))
+    assert checked.returncode == 1
+    assert "line00003 (line 3): not valid JSON" in checked.stdout, checked.stdout
+    assert "b (line 4): empty instruction" in checked.stdout, checked.stdout
+    strict = run_cli("run", str(config), "--strict")
+    one_line_error(strict, "2 invalid item(s) with --strict", "(line 3): not valid JSON", "b (line 4): empty")
+    csv_file = tmp_path / "data.csv"
+    csv_file.write_text(f'id,image,instruction\na,{sample_image},"two\nlines"\nb,{sample_image},\n')
+    config = write_config(tmp_path / "c.yaml", dataset={"path": str(csv_file)}, output_dir=str(tmp_path / "out"),
+                          model={"type": "simulated"}, cluster={"devices": ["cpu"]})
+    assert "b (line 4): empty instruction" in run_cli("validate", str(config)).stdout
+
+
+def test_status_and_cancel_of_a_missing_folder_say_so(tmp_path):
+    for command in ("status", "cancel"):
+        one_line_error(run_cli(command, str(tmp_path / "typo")), "typo: no such run folder")
+        one_line_error(run_cli(command, "typo", env={"EDITBATCH_BROKER": ""}), "typo: no such run folder",
+                       "for a job id, pass --broker")
+
+
+def test_a_worker_that_cannot_reach_redis_says_so(make_config):
+    config = make_config()
+    proc = run_cli("worker", "--config", str(config), "--device", "cpu", "--broker", "redis://:secret@127.0.0.1:1/0",
+                   timeout=120)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "editbatch worker cpu0: cannot reach Redis at redis://:***@127.0.0.1:1/0" in proc.stderr, proc.stderr
+    assert "secret" not in proc.stderr and "model failed to load" not in proc.stderr

@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "status":
             if not os.path.isdir(args.run_dir):
+                _job_or_missing_folder(args, args.run_dir)
                 from .jobs.commands import cmd_job_status
 
                 return cmd_job_status(args)
@@ -186,6 +187,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"editbatch: error: broker unreachable or refusing us: {exc.__class__.__name__}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_USAGE
+
+
+def _job_or_missing_folder(args, name: str) -> None:
+    """`status`/`cancel` of something that is not a folder: a job id when a broker is known, else a typo."""
+    from .jobs.store import JOB_ID
+
+    broker_known = args.broker or os.environ.get("EDITBATCH_BROKER") or getattr(args, "cluster_config", None)
+    if os.sep in name or name.startswith(".") or not JOB_ID.match(name):
+        raise ConfigError(name, None, "no such run folder")
+    if not broker_known:
+        raise ConfigError(name, None, "no such run folder; for a job id, pass --broker URL or set EDITBATCH_BROKER")
 
 
 def _cmd_run(args, parser) -> int:
@@ -246,6 +258,7 @@ def _cmd_cancel(args) -> int:
     from pathlib import Path
 
     if not os.path.isdir(args.output_dir):
+        _job_or_missing_folder(args, args.output_dir)
         from .jobs.commands import cmd_job_cancel
 
         return cmd_job_cancel(args)
@@ -266,12 +279,14 @@ def _cmd_validate(args, parser) -> int:
 
     preflight(config, path)
     items = prepare_items(config, path, strict=False)
+    from .dataset import where
+
     bad = [i for i in items if not i.valid]
     print(f"{path}: config ok; mode {config.schedule.mode} on {len(config.devices)} device(s) "
           f"({', '.join(d.queue for d in config.devices)}); model {config.model.type} ({config.model.path})")
     print(f"{config.dataset.path}: {len(items)} items, {len(items) - len(bad)} valid, {len(bad)} invalid")
     for item in bad:
-        print(f"  {item.id} (row {item.index}): {item.error}")
+        print(f"  {where(item)}: {item.error}")
     return 1 if bad else 0
 
 

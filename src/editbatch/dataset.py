@@ -29,10 +29,16 @@ class Item:
     category: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     error: str | None = None  # set when the item is invalid
+    line: int | None = None  # where the row starts in the dataset file (1-based, as editors count)
 
     @property
     def valid(self) -> bool:
         return self.error is None
+
+
+def where(item: Item) -> str:
+    """`cat-01 (line 7)`: an item as a person finds it in the dataset file."""
+    return f"{item.id} (line {item.line})" if item.line is not None else item.id
 
 
 def output_name(item_id: str) -> str:
@@ -64,7 +70,7 @@ def load_dataset(path: Path, fmt: str = "auto", limit: int | None = None, *, sou
         raise ConfigError(source, "dataset.path", f"cannot read dataset file {path}: {exc}") from None
     rows = _csv_rows(text) if fmt == "csv" else _jsonl_rows(text)
     base = path.parent
-    items = [_item(i, row, base) for i, row in enumerate(rows)]
+    items = [_item(i, line, row, base) for i, (line, row) in enumerate(rows)]
     if limit is not None:
         items = items[:limit]
     if not items:
@@ -72,33 +78,39 @@ def load_dataset(path: Path, fmt: str = "auto", limit: int | None = None, *, sou
     return items
 
 
-def _jsonl_rows(text: str) -> list[dict[str, Any] | str]:
-    rows: list[dict[str, Any] | str] = []
+Row = tuple[int, "dict[str, Any] | str"]  # (line number, the row, or why it is not one)
+
+
+def _jsonl_rows(text: str) -> list[Row]:
+    rows: list[Row] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            rows.append(f"line {number}: not valid JSON ({exc.msg})")
+            rows.append((number, f"not valid JSON ({exc.msg})"))
             continue
-        rows.append(row if isinstance(row, dict) else f"line {number}: expected a JSON object")
+        rows.append((number, row if isinstance(row, dict) else "expected a JSON object"))
     return rows
 
 
-def _csv_rows(text: str) -> list[dict[str, Any] | str]:
-    rows: list[dict[str, Any] | str] = []
-    for row in csv.DictReader(text.splitlines()):
+def _csv_rows(text: str) -> list[Row]:
+    rows: list[Row] = []
+    reader = csv.DictReader(text.splitlines())
+    start = 2  # the header is line 1
+    for row in reader:
         row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
         if row.get("images"):
             row["images"] = [p for p in row["images"].split("|") if p]
-        rows.append(row)
+        rows.append((start, row))
+        start = reader.line_num + 1  # a quoted field may span lines
     return rows
 
 
-def _item(index: int, row: dict[str, Any] | str, base: Path) -> Item:
+def _item(index: int, line: int, row: dict[str, Any] | str, base: Path) -> Item:
     if isinstance(row, str):
-        return Item(index, f"row{index:05d}", [], "", error=row)
+        return Item(index, f"line{line:05d}", [], "", error=row, line=line)
     item_id = str(row.get("id") or f"item{index:05d}")
     paths = row.get("images") if row.get("images") else row.get("image")
     if isinstance(paths, str):
@@ -111,7 +123,8 @@ def _item(index: int, row: dict[str, Any] | str, base: Path) -> Item:
         instruction, error = str(instruction), error or "instruction is not a string"
     extra = {k: v for k, v in row.items() if k not in ("id", "image", "images", "instruction", "prompt", "category")}
     category = row.get("category") or None
-    return Item(index, item_id, [(base / p) for p in paths], instruction, category and str(category), extra, error)
+    return Item(index, item_id, [(base / p) for p in paths], instruction, category and str(category), extra, error,
+                line)
 
 
 def check_items(items: list[Item], *, max_images: int = 1, decode: bool = True,

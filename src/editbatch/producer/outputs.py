@@ -20,7 +20,7 @@ MANIFEST_FIELDS = ("id", "index", "status", "output", "device", "worker", "batch
 def manifest_record(item, seed: int, result: dict[str, Any] | None = None) -> dict[str, Any]:
     """One manifest line; `result` is the worker's (or a synthesised) result, None for invalid items."""
     record: dict[str, Any] = {k: None for k in MANIFEST_FIELDS}
-    record.update(id=item.id, index=item.index, seed=seed, category=item.category,
+    record.update(id=item.id, index=item.index, line=item.line, seed=seed, category=item.category,
                   instruction=item.instruction, inputs=[str(p) for p in item.images])
     if result is None:
         record.update(status="invalid", error=item.error)

@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import layout
 from ..config import RunConfig, dump_config
-from ..dataset import Item, check_items, load_dataset
+from ..dataset import Item, check_items, load_dataset, where
 from ..errors import ConfigError
 from ..models.identity import model_identity
 from ..models.registry import get_model_class
@@ -66,7 +66,7 @@ def prepare_items(config: RunConfig, source: str, *, strict: bool) -> list[Item]
     check_run_paths(config, items, source)
     bad = [i for i in items if not i.valid]
     if strict and bad:
-        listing = "; ".join(f"{i.id}: {i.error}" for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        listing = "; ".join(f"{where(i)}: {i.error}" for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
         raise ConfigError(str(config.dataset.path), "items", f"{len(bad)} invalid item(s) with --strict: {listing}")
     return items
 

@@ -23,6 +23,7 @@ from redis.exceptions import ResponseError
 from .. import counts, keys, layout, redisconn, runstate
 from ..celery_app import make_app, visibility_timeout
 from ..config import RunConfig, mask_password
+from ..dataset import where
 from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, ClusterError, EditBatchError, RunCancelled
 from ..models.identity import shared_queue
 from ..report.after_run import write_report_after_run
@@ -85,6 +86,16 @@ class Run:
 
     def execute(self) -> RunResult:
         plan = make_plan(self.config, self.source, self.options, self.run_id)
+        try:
+            return self._execute(plan)
+        except KeyboardInterrupt:
+            # Outside the cluster's context: it has stopped what it started, at once (Ctrl-C is not a warm stop).
+            raise RunCancelled(f"interrupted: the processes this run started were stopped, finished items are "
+                               f"kept; finish it with: editbatch resume {plan.out_dir}") from None
+        except RunCancelled as exc:
+            raise RunCancelled(f"{exc}; finish it with: editbatch resume {plan.out_dir}") from None
+
+    def _execute(self, plan: Plan) -> RunResult:
         with contextlib.ExitStack() as stack:
             stack.callback(plan.lock.release)
             if self.options.only_failed and not plan.todo:
@@ -255,7 +266,7 @@ class Run:
 
     def report(self, plan: Plan, recorder: Recorder, summary: dict[str, Any]) -> RunResult:
         say = self.progress.say
-        invalid = [(i.id, i.error) for i in plan.items if not i.valid]
+        invalid = [(where(i), i.error) for i in plan.items if not i.valid]
         eff = summary.get("efficiency")
         reused = f", {summary['reused']} reused" if summary.get("reused") else ""
         say(f"Batch edit completed: {recorder.counts().text()}{reused} in {summary['makespan_s']:.2f}s"

@@ -31,8 +31,17 @@ def _load_model(sender=None, **_) -> None:
         runtime.start(os.environ.get("EDITBATCH_BROKER") or sender.app.conf.broker_url,
                       os.environ["EDITBATCH_DEVICE"], config)
     except Exception as exc:  # noqa: BLE001 - one line for the operator, then exit
-        sys.stderr.write(f"editbatch worker {os.environ['EDITBATCH_DEVICE']}: model failed to load: "
-                         f"{exc.__class__.__name__}: {exc}\n")
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        from ..config import mask_password
+
+        if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+            broker = mask_password(os.environ.get("EDITBATCH_BROKER") or sender.app.conf.broker_url)
+            why = f"cannot reach Redis at {broker}: {exc}"
+        else:
+            why = f"model failed to load: {exc.__class__.__name__}: {exc}"
+        sys.stderr.write(f"editbatch worker {os.environ['EDITBATCH_DEVICE']}: {why}\n")
         sys.stderr.flush()
         os._exit(3)
 
