@@ -19,7 +19,8 @@ from .resume import Carried
 
 class Recorder:
     def __init__(self, out_dir: Path, items: list[Item], seeds: dict[int, int], carried: Carried, *, retries: int,
-                 todo: list[Item]):
+                 todo: list[Item], run_id: str):
+        self.run_id = run_id  # each record names the run that computed it (a folder may see several)
         self.items = items
         self.seeds = seeds
         self.retries = retries
@@ -61,7 +62,8 @@ class Recorder:
         retry = failed and not stopping and not hopeless and attempts <= self.retries
         record = manifest_record(item, self.seeds[index], {**result, "status": counts.OK if not failed
                                                            else counts.FAILED})
-        record.update(round=round_no, attempts=attempts, errors=list(errors), reused=bool(result.get("reused")))
+        record.update(round=round_no, attempts=attempts, errors=list(errors), reused=bool(result.get("reused")),
+                      run=result.get("computed_in_run") or self.run_id)
         if retry:
             record["retrying"] = True  # superseded by the retry's record; a resume reads it as failed
         elif failed:

@@ -140,7 +140,8 @@ def carry_over(out_dir: Path, items: list[Item], seeds: dict[int, int], model: d
 
 
 def _from_record(record: dict[str, Any]) -> dict[str, Any]:
-    keys = ("id", "status", "output", "device", "worker", "seed", "started_at", "finished_at", "work_s", "batch")
+    keys = ("id", "status", "output", "device", "worker", "seed", "started_at", "finished_at", "work_s", "batch",
+            "run")
     out = {k: record.get(k) for k in keys}
     info = record.get("info") or {}
     for key in ("input_size", "input_sizes", "generated_size", "output_size", "size_policy"):

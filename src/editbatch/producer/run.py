@@ -167,7 +167,8 @@ class Run:
             "runs": earlier + [plan.run_id],
         }
         write_json(plan.out_dir / layout.RUN, run_file)
-        recorder = Recorder(plan.out_dir, plan.items, plan.seeds, plan.carried, retries=sched.retries, todo=plan.todo)
+        recorder = Recorder(plan.out_dir, plan.items, plan.seeds, plan.carried, retries=sched.retries, todo=plan.todo,
+                            run_id=plan.run_id)
         self.report_progress(recorder)
         return recorder, run_file
 
@@ -238,6 +239,7 @@ class Run:
         except Exception:  # noqa: BLE001 - the broker may be what failed; the run's files come first
             pass
         summary: dict[str, Any] = {}
+        earlier = _read_summary(plan.out_dir) if self.options.resume else {}
         try:
             ordered = recorder.finalize()
             round0 = {i.index: k for k, i in enumerate(plan.todo)}
@@ -254,6 +256,7 @@ class Run:
                 extra={"name": self.config.name, "run_id": plan.run_id, "model": plan.model_id, "state": state,
                        "max_skew": sched.max_skew if self.facts.skew_bounded else None,
                        "retries": sched.retries, "started_at": dispatch_started_at, "finished_at": time.time()})
+            summary.update(self.segment(plan, summary, earlier))
             write_json(plan.out_dir / layout.SUMMARY, summary)
             run_file.update(state=state, finished_at=time.time())
             write_json(plan.out_dir / layout.RUN, run_file)
@@ -263,6 +266,18 @@ class Run:
                                  f"finished items are kept in {layout.RECORDS}/: free space, then "
                                  f"editbatch resume {plan.out_dir}") from None
         return summary
+
+    def segment(self, plan: Plan, summary: dict[str, Any], earlier: dict[str, Any]) -> dict[str, Any]:
+        """What this run of the folder covered, and every run of it so far: timings are per run."""
+        kind = "retry" if self.options.only_failed else "resume" if self.options.resume else "first"
+        mine = {"run_id": plan.run_id, "kind": kind, "items_run": len(plan.todo), "items": len(plan.items),
+                "started_at": summary.get("started_at"), "finished_at": summary.get("finished_at")}
+        runs = list(earlier.get("runs") or ([{k: earlier.get(k) for k in ("run_id", "started_at", "finished_at",
+                                                                            "makespan_s", "efficiency")}
+                                             | {"kind": "first", "items_run": earlier.get("items")}]
+                                            if earlier.get("run_id") else []))
+        runs.append({**mine, **{k: summary.get(k) for k in ("makespan_s", "efficiency", "barrier_idle_s")}})
+        return {"covers": mine, "runs": runs}
 
     def report(self, plan: Plan, recorder: Recorder, summary: dict[str, Any]) -> RunResult:
         say = self.progress.say

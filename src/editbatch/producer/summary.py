@@ -9,6 +9,9 @@ from ..scheduling import Policy, Timing, policy_class
 from ..scheduling import metrics
 
 
+DEGENERATE_S = 1e-3
+
+
 def timings_from(records: list[dict[str, Any]], ordinal_of: dict[int, int]) -> list[Timing]:
     """Timings of the items that ran on a device (ok or failed inside the model)."""
     out = []
@@ -46,9 +49,10 @@ def summarize(records: list[dict[str, Any]], *, mode: str, devices: list[str], o
         "barrier_idle_by_device_s": {d: round(v, 4) for d, v in idle.items()} if synchronised else None,
         "barrier_release_s": round(sum(metrics.barrier_release(timings)), 4) if synchronised else None,
         "lower_bound_s": round(lower, 4),
-        "efficiency": round(lower / span, 4) if span > 0 else None,
+        # Under a millisecond of work (0 s tasks, an item or two) these ratios measure noise: not applicable.
+        "efficiency": round(lower / span, 4) if span > DEGENERATE_S and lower > DEGENERATE_S else None,
         "ideal_s": round(ideal, 4) if ideal is not None else None,
-        "overhead": round(span / ideal - 1, 4) if ideal else None,
+        "overhead": round(span / ideal - 1, 4) if ideal and ideal > DEGENERATE_S else None,
         "max_skew_observed": round(metrics.max_skew(timings, len(devices)), 4),
         "median_queue_wait_s": round(wait, 4) if wait is not None else None,
     }

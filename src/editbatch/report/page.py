@@ -7,6 +7,7 @@ Several runs over the same dataset are compared item by item (matched by id).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -42,26 +43,55 @@ def _fmt(value: Any, unit: str = "", digits: int = 2) -> str:
     return f"{value}{unit}"
 
 
-def header_figures(run: RunFolder) -> list[tuple[str, str]]:
+# What makes two runs' outputs differ, as (label, where it is in config.resolved.yaml).
+COMPARED = (("model type", ("model", "type")), ("model path", ("model", "path")), ("dtype", ("model", "dtype")),
+            ("LoRA", ("model", "lora")), ("params", ("model", "params")), ("seed", ("schedule", "seed")),
+            ("mode", ("schedule", "mode")))
+
+
+def _setting(run: RunFolder, where: tuple[str, str]) -> Any:
+    value = (run.config.get(where[0]) or {}).get(where[1])
+    return value if value not in ({}, []) else None
+
+
+def differences(runs: list[RunFolder]) -> list[str]:
+    """The settings (of COMPARED) whose values are not the same in every run."""
+    return [label for label, where in COMPARED
+            if len({json.dumps(_setting(r, where), sort_keys=True, default=str) for r in runs}) > 1]
+
+
+def header_figures(run: RunFolder, differing: list[str] = ()) -> list[tuple[str, str]]:
     s, model = run.summary, run.config.get("model") or {}
     lora = model.get("lora") or {}
     model_text = " ".join(p for p in (model.get("type") or (s.get("model") or {}).get("type"),
                                       model.get("path") or (s.get("model") or {}).get("path"),
                                       model.get("dtype")) if p)
     overhead = s.get("overhead")
-    return [
-        ("run", f"{run.name} ({s.get('run_id') or run.run.get('run_id') or '-'})"),
+    covers = s.get("covers") or {}
+    timing_note = (f" (this {covers['kind']}: {covers['items_run']} of {covers['items']} items)"
+                   if covers.get("kind") in ("resume", "retry") else "")
+    where = dict(COMPARED)
+    figures = [
+        ("run", run.label),
         ("model", model_text or "-"),
         ("LoRA", f"{lora['path']} (scale {lora.get('scale', 1.0):g})" if lora.get("path") else "none"),
         ("mode", run.mode or "-"),
         ("items", f"{len(run.manifest) or s.get('items', 0)}: {count(run.manifest).text()}"),
-        ("makespan", _fmt(s.get("makespan_s"), " s")),
-        ("efficiency", _fmt(s.get("efficiency"), "", 3)),
+        ("makespan", _fmt(s.get("makespan_s"), " s") + timing_note),
+        ("efficiency", _fmt(s.get("efficiency"), "", 3) if s.get("efficiency") is not None else "n/a"),
         ("overhead vs ideal", f"{overhead * 100:+.1f}% (ideal {_fmt(s.get('ideal_s'), ' s')})"
-                              if overhead is not None else "-"),
+                              if overhead is not None else "n/a"),
         ("barrier idle", _fmt(s.get("barrier_idle_s"), " s") if s.get("barrier_idle_s") is not None else "-"),
         ("devices", ", ".join(run.devices) or "-"),
     ]
+    if s.get("runs") and len(s["runs"]) > 1:
+        figures.append(("runs of this folder", "; ".join(
+            f"{r.get('kind')} {r.get('run_id')}: {r.get('items_run')} items in {_fmt(r.get('makespan_s'), ' s')}"
+            for r in s["runs"])))
+    if differing:
+        figures.append(("differs", ", ".join(
+            f"{label} {json.dumps(_setting(run, where[label]), default=str)}" for label in differing)))
+    return figures
 
 
 def _seconds(record: dict[str, Any]) -> float | None:
@@ -133,14 +163,16 @@ def write_report(run_dirs: list[str | Path], output: str | Path | None = None) -
         thumbs.update(make_thumbnails(sources, run_dir))
 
     headers, pngs = [], []
+    differing = differences(runs) if len(runs) > 1 else []
     timelines = [build_timeline(run) for run in runs]
     longest = max(t.span for t in timelines)
     for k, (run, timeline) in enumerate(zip(runs, timelines)):
         png = run.path / layout.TIMELINE
-        write_timeline_png(timeline, png, title=f"{run.name} ({run.mode})")
+        write_timeline_png(timeline, png, title=f"{run.label}, {run.mode}")
         pngs.append(png)
         index_to_key = {}
-        headers.append({"name": run.name, "folder": _link(run.path, page_dir), "figures": header_figures(run),
+        headers.append({"name": run.name, "label": run.label, "folder": _link(run.path, page_dir),
+                        "figures": header_figures(run, differing),
                         "timeline": svg_geometry(timeline, span=longest), "timeline_png": _link(png, page_dir),
                         "index_to_key": index_to_key, "column": k})
     rows = build_rows(runs, thumbs, page_dir)
@@ -151,12 +183,12 @@ def write_report(run_dirs: list[str | Path], output: str | Path | None = None) -
     categories: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         categories.setdefault(row["category"], []).append(row)
-    problems = [{"run": run.name, "row": row, "cell": row["cells"][k]} for k, run in enumerate(runs) for row in rows
+    problems = [{"run": run.label, "row": row, "cell": row["cells"][k]} for k, run in enumerate(runs) for row in rows
                 if row["cells"][k] and row["cells"][k]["status"] != "ok"]
     env = Environment(loader=PackageLoader("editbatch.report", "templates"), autoescape=select_autoescape(),
                       trim_blocks=True, lstrip_blocks=True)
     text = env.get_template("report.html.j2").render(
-        title=" vs ".join(r.name for r in runs), runs=headers, categories=sorted(categories.items()),
+        title=" vs ".join(r.label for r in runs), runs=headers, categories=sorted(categories.items()),
         statuses=sorted({s for row in rows for s in row["statuses"]}), problems=problems,
         partial=sum(1 for r in rows if r["partial"]), items=len(rows),
         generated=time.strftime("%Y-%m-%d %H:%M:%S"))

@@ -33,6 +33,15 @@ class RunFolder:
         return self.summary.get("name") or self.config.get("name") or self.run.get("name") or self.path.name
 
     @property
+    def run_id(self) -> str | None:
+        return self.summary.get("run_id") or self.run.get("run_id")
+
+    @property
+    def label(self) -> str:
+        """How the report names this run: two runs of one config differ by their run ids."""
+        return f"{self.name} ({self.run_id})" if self.run_id else self.name
+
+    @property
     def mode(self) -> str | None:
         return self.summary.get("mode") or self.run.get("mode") or (self.config.get("schedule") or {}).get("mode")
 

@@ -39,11 +39,64 @@ class Lane:
 
 
 @dataclass
+class Break:
+    at: float  # seconds on the drawn axis
+    label: str
+
+
+@dataclass
 class Timeline:
     lanes: list[Lane]
     origin: float  # epoch seconds of time 0
-    span: float  # seconds from time 0 to the last event
-    idle_s: float  # barrier idle drawn (sync and window modes)
+    span: float  # seconds drawn, from time 0 to the last event (pauses between runs drawn short)
+    idle_s: float  # barrier idle drawn (sync mode)
+    breaks: list[Break] = field(default_factory=list)  # where one run of the folder ends and the next begins
+
+
+BREAK_SHARE = 0.04  # the width a pause between two runs of a folder is drawn with, as a share of the work drawn
+
+
+@dataclass
+class _Segment:
+    """The stretch of time one run of the folder covered (its first start to its last finish)."""
+
+    run_id: str | None
+    start: float
+    end: float
+    shift: float = 0.0  # added to its times to place it on the drawn axis
+
+
+def _segments(ran: list[dict], loads: list[dict], latest: str | None, since: float | None) -> list[_Segment]:
+    """One segment per run of the folder, in time order; runs that overlap in time share one.
+
+    The model loads (workers.json) and the dispatch start belong to the folder's latest run; a load from
+    before an earlier run ended (warm workers that served that run too) is not part of it.
+    """
+    spans: dict[str | None, list[float]] = {}
+    for r in ran:
+        spans.setdefault(r.get("run"), []).extend((r["started_at"], r["finished_at"]))
+    own = spans.get(latest) or []
+    before = [t for run, times in spans.items() if run != latest and times and (not own or min(times) < min(own))
+              for t in times]
+    floor = max(before) if before else float("-inf")
+    extra = [t for w in loads for t in (w["load_started_at"], w["load_finished_at"])] + ([since] if since else [])
+    if any(t >= floor for t in extra):
+        spans.setdefault(latest, []).extend(t for t in extra if t >= floor)
+    found = sorted((_Segment(run, min(t), max(t)) for run, t in spans.items() if t), key=lambda g: g.start)
+    merged: list[_Segment] = []
+    for seg in found:
+        if merged and seg.start <= merged[-1].end:
+            merged[-1].end = max(merged[-1].end, seg.end)
+        else:
+            merged.append(seg)
+    return merged
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 def build_timeline(run: RunFolder) -> Timeline:
@@ -51,16 +104,33 @@ def build_timeline(run: RunFolder) -> Timeline:
     ran = [r for r in run.manifest if r.get("device") and r.get("started_at") is not None
            and r.get("finished_at") is not None]
     loads = [w for w in run.workers if w.get("load_started_at") and w.get("load_finished_at")]
-    starts = [r["started_at"] for r in ran] + [w["load_started_at"] for w in loads]
-    if run.summary.get("started_at"):
-        starts.append(run.summary["started_at"])
-    origin = min(starts) if starts else 0.0
-    ends = [r["finished_at"] for r in ran] + [w["load_finished_at"] for w in loads]
-    span = max(ends) - origin if ends else 0.0
+    segments = _segments(ran, loads, run.run.get("run_id"), run.summary.get("started_at"))
+    origin = segments[0].start if segments else 0.0
+    work = sum(g.end - g.start for g in segments)
+    breaks, pos = [], 0.0
+    for k, seg in enumerate(segments):
+        if k:
+            # The pause between two runs (a resume the next morning) is drawn as a short marked break.
+            gap = max(BREAK_SHARE * work, 1e-3)
+            breaks.append(Break(pos + gap / 2, f"paused {_duration(seg.start - segments[k - 1].end)}, then "
+                                               f"run {seg.run_id or '?'}"))
+            pos += gap
+        seg.shift = pos - seg.start
+        pos += seg.end - seg.start
+    span = pos
 
+    def at(t: float) -> float:
+        for seg in segments:
+            if t <= seg.end:
+                return t + seg.shift
+        return t + (segments[-1].shift if segments else -origin)
+
+    first_at = segments[0].start if segments else 0.0
     for w in loads:
+        if w["load_started_at"] < first_at:
+            continue  # before every run drawn here: a warm cluster's load (see _segments)
         lane = lanes.setdefault(w.get("queue") or w.get("device"), Lane(w.get("queue") or w.get("device")))
-        lane.bars.append(Bar(w["load_started_at"] - origin, w["load_finished_at"] - origin, "load", LOAD_COLOUR,
+        lane.bars.append(Bar(at(w["load_started_at"]), at(w["load_finished_at"]), "load", LOAD_COLOUR,
                              f"{lane.device}: model load {w['load_finished_at'] - w['load_started_at']:.2f}s"))
     facts = policy_class(run.mode) if run.mode in MODES else None
     batched = bool(facts and facts.batched)
@@ -73,26 +143,27 @@ def build_timeline(run: RunFolder) -> Timeline:
                  + (f", batch {batch + 1}" if batch is not None else "")
                  + (f" ({r.get('error')})" if failed and r.get("error") else ""))
         lanes.setdefault(r["device"], Lane(r["device"])).bars.append(
-            Bar(r["started_at"] - origin, r["finished_at"] - origin, "item", colour, label, r.get("index"), failed))
+            Bar(at(r["started_at"]), at(r["finished_at"]), "item", colour, label, r.get("index"), failed))
 
     idle = 0.0
     if facts is not None and facts.synchronised:
-        # A device that finished its batch item early waits for the batch's slowest one.
-        by_batch: dict[int, list[dict]] = {}
+        # A device that finished its batch item early waits for the batch's slowest one. Batches are numbered
+        # per run and per round: the same number in a resume or a retry round is another batch.
+        by_batch: dict[tuple, list[dict]] = {}
         for r in ran:
             if r.get("batch") is not None:
-                by_batch.setdefault(r["batch"], []).append(r)
-        for batch, members in by_batch.items():
+                by_batch.setdefault((r.get("run"), r.get("round") or 0, r["batch"]), []).append(r)
+        for (_, _, batch), members in by_batch.items():
             last = max(r["finished_at"] for r in members)
             for r in members:
                 if last - r["finished_at"] > 0:
                     idle += last - r["finished_at"]
                     lanes[r["device"]].bars.append(Bar(
-                        r["finished_at"] - origin, last - origin, "idle", IDLE_COLOUR,
+                        at(r["finished_at"]), at(last), "idle", IDLE_COLOUR,
                         f"{r['device']}: barrier idle {last - r['finished_at']:.2f}s, batch {batch + 1}"))
     for lane in lanes.values():
         lane.bars.sort(key=lambda b: (b.start, b.kind != "idle"))
-    return Timeline(list(lanes.values()), origin, span, idle)
+    return Timeline(list(lanes.values()), origin, span, idle, breaks)
 
 
 def svg_geometry(timeline: Timeline, width: int = 1000, lane_height: int = 22, label_width: int = 80,
@@ -117,8 +188,9 @@ def svg_geometry(timeline: Timeline, width: int = 1000, lane_height: int = 22, l
         ticks.append({"x": round(label_width + t * scale, 2), "label": f"{t:g}s"})
         t = round(t + step, 6)
     height = 20 + len(timeline.lanes) * (lane_height + 6) + 20
+    breaks = [{"x": round(label_width + b.at * scale, 2), "label": b.label} for b in timeline.breaks]
     return {"width": width, "height": height, "rows": rows, "ticks": ticks, "lane_height": lane_height,
-            "label_width": label_width}
+            "label_width": label_width, "breaks": breaks}
 
 
 def _tick_step(span: float) -> float:
@@ -153,7 +225,11 @@ def write_timeline_png(timeline: Timeline, path: Path, title: str = "") -> None:
         ax.set_yticks(range(n), [lane.device for lane in reversed(timeline.lanes)])
         ax.set_ylim(-0.6, n - 0.4)
         ax.set_xlim(0, timeline.span * 1.01 if timeline.span else 1)
-        ax.set_xlabel("seconds from the start of the run (first model load)")
+        for b in timeline.breaks:
+            ax.axvline(b.at, color="#666", linestyle=(0, (2, 2)), linewidth=1)
+            ax.text(b.at, n - 0.45, " " + b.label, fontsize=7, color="#444", va="bottom")
+        ax.set_xlabel("seconds of work from the start of the run (first model load); dashed: a pause between runs"
+                      if timeline.breaks else "seconds from the start of the run (first model load)")
         if title:
             ax.set_title(title, fontsize=10, loc="left")
         # Above the plot, right of the title: nothing to collide with at any lane count.
