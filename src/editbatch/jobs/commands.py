@@ -18,16 +18,16 @@ def client_from_args(args):
     from ..client import Client
 
     broker = getattr(args, "broker", None) or os.environ.get("EDITBATCH_BROKER")
-    namespace, queue = "editbatch", "jobs"
+    namespace = "editbatch"
     cluster_path = getattr(args, "cluster_config", None)
     if cluster_path:
         from .serve import load_cluster_config
 
         cluster = load_cluster_config(cluster_path, broker=broker)
-        broker, namespace, queue = cluster.cluster.broker, cluster.cluster.namespace, cluster.jobs.queue
+        broker, namespace = cluster.cluster.broker, cluster.cluster.namespace
     if not broker:
         raise EditBatchError("job commands need the broker: --broker URL, EDITBATCH_BROKER or --config CLUSTER.yaml")
-    return Client(broker, namespace=namespace, queue=queue)
+    return Client(broker, namespace=namespace)
 
 
 def job_config(path: str) -> dict[str, Any]:
