@@ -20,6 +20,7 @@ Each running job has a thread of its own (runner.JobRun), at most
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -90,6 +91,8 @@ class Coordinator:
     def stop(self) -> None:
         """Stop taking jobs; running ones stop and stay `running` for the next coordinator to resume."""
         self.stopping.set()
+        with contextlib.suppress(*redisconn.TRANSIENT):
+            self.store.wake()  # the scheduler's wait returns now, not at the end of its slice
         if self.thread is not None:
             self.thread.join(SCAN_S * 2)
         with self.lock:
@@ -241,8 +244,10 @@ class Coordinator:
         if self.waiting_logged == (head, running):
             return
         self.waiting_logged = (head, running)
-        log.info("job %s: waits for %s to end: it needs %s, the workers serve another model", head,
-                 ", ".join(running), identity.describe(identity.model_identity(config.model)))
+        with self.lock:
+            models = {run.describe_model() for job_id, run in self.active.items() if job_id in running}
+        log.info("job %s: waits for %s to end: it needs %s, the running job(s) use %s", head, ", ".join(running),
+                 identity.describe(identity.model_identity(config.model)), ", ".join(sorted(models)) or "another")
 
     def check(self, job_id: str, data: dict[str, Any]) -> RunConfig:
         """The job's config as `editbatch run` would check it, run on the coordinator's cluster, inside its roots."""

@@ -44,6 +44,9 @@ class JobRun:
     def start(self) -> None:
         self.thread.start()
 
+    def describe_model(self) -> str:
+        return identity.describe(identity.model_identity(self.config.model))
+
     def should_stop(self) -> bool:
         return self.co.stopping.is_set() or self.lost.is_set()
 
@@ -106,8 +109,7 @@ class JobRun:
             raise RunCancelled("model switch stopped")
         if switch["switched"]:
             log.info("job %s: switched %s to %s (%s) in %.1fs", self.job_id, ", ".join(switch["switched"]),
-                     identity.describe(identity.model_identity(model)), "/".join(switch.get("load") or []),
-                     switch["seconds"])
+                     self.describe_model(), "/".join(switch.get("load") or []), switch["seconds"])
 
     def _end(self, state: str, **fields: Any) -> None:
         if self.lost.is_set():

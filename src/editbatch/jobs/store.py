@@ -198,6 +198,9 @@ class JobStore:
         holder = self._call(lambda: self.redis.get(keys.job_lease(self.ns, job_id)))
         return holder.decode() if holder is not None else None
 
+    def wake(self) -> None:
+        self._eval(_WAKE.format(n=1), [keys.jobs_wake(self.ns)])
+
     def wait_for_change(self, timeout_s: float, stop=None) -> bool:
         """Block until the queue or the running set changed, or `timeout_s` passed; True if woken."""
         got = redisconn.blpop(self.redis, [keys.jobs_wake(self.ns)], timeout_s, stop=stop)
