@@ -171,7 +171,8 @@ class Coordinator:
     def admit_new(self) -> None:
         """Check the config of jobs newly queued: accepted, or refused (ended `failed`) with the reason."""
         queued = self.store.queued()
-        for job_id in [j for j in self.admitted if j not in queued]:
+        waiting = set(queued)
+        for job_id in [j for j in self.admitted if j not in waiting]:
             self.admitted.pop(job_id)
             if job_id not in self.active:
                 self._left_queue(job_id)
@@ -191,10 +192,9 @@ class Coordinator:
     def start_next(self) -> None:
         """Take the head of the queue while a slot is free and its model matches the running jobs'."""
         while not self.stopping.is_set():
-            queued = self.store.queued()
-            if not queued:
+            head = self.store.head()
+            if head is None:
                 return
-            head = queued[0]
             if head not in self.admitted:
                 return  # checked on the next pass
             config, key = self.admitted[head]

@@ -242,6 +242,11 @@ class JobStore:
         """Queued job ids, the next to run first."""
         return [i.decode() for i in self._call(lambda: self.redis.zrange(keys.jobs_queued(self.ns), 0, -1))]
 
+    def head(self) -> str | None:
+        """The job to run next, if any."""
+        first = self._call(lambda: self.redis.zrange(keys.jobs_queued(self.ns), 0, 0))
+        return first[0].decode() if first else None
+
     def running(self) -> list[str]:
         return sorted(i.decode() for i in self._call(lambda: self.redis.smembers(keys.jobs_running(self.ns))))
 
