@@ -232,8 +232,9 @@ def test_jobs_survive_a_coordinator_killed_mid_run(service, sample_image):
     counted = Counter(c["id"] for c in read_jsonl(calls))
     again = sorted(i for i, c in counted.items() if c > 1)
     print(f"computed twice: {again}")
-    # An edit cut short by the kill (one per device) may run again; nothing else does.
-    assert len(counted) == 10 and len(again) <= len(service.devices) and set(counted.values()) <= {1, 2}
+    # The workers outlive the coordinator long enough to finish their edit (SIGTERM from the kernel when their
+    # parent dies): what they finished is reused, nothing is computed twice.
+    assert len(counted) == 10 and again == [], counted
     queued = wait_state(service, queued_id, ("done",), timeout=60)
     assert queued["attempts"] == 1 and queued["summary"]["ok"] == 4 and queued["started_at"] >= record["finished_at"]
     assert sorted(Counter(c["id"] for c in read_jsonl(service.root / "restart-queued.calls.jsonl")).values()) \

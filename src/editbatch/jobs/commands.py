@@ -129,7 +129,8 @@ def render_job(r: dict[str, Any]) -> str:
              f"priority: {r.get('priority', 0)}"]
     if counts:
         lines.append(f"items: {counts['total'] - counts['pending']}/{counts['total']} done: {counts['ok']} ok, "
-                     f"{counts['failed']} failed, {counts['invalid']} invalid")
+                     f"{counts['failed']} failed, {counts['invalid']} invalid"
+                     + (f", {counts['not_run']} not run" if counts.get("not_run") else ""))
     lines.append(f"submitted {when(r.get('submitted_at'))}, started {when(r.get('started_at'))}, "
                  f"finished {when(r.get('finished_at'))}")
     if r.get("error"):
