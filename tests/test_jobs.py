@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 
+from editbatch import keys
 from editbatch.jobs.store import JobStore, QueueFull
 from editbatch.redisconn import connect
 
@@ -239,3 +240,30 @@ def test_jobs_survive_a_coordinator_killed_mid_run(service, sample_image):
     assert queued["attempts"] == 1 and queued["summary"]["ok"] == 4 and queued["started_at"] >= record["finished_at"]
     assert sorted(Counter(c["id"] for c in read_jsonl(service.root / "restart-queued.calls.jsonl")).values()) \
         == [1, 1, 1, 1]
+
+
+def test_a_coordinator_stopped_with_sigterm_lets_go_and_the_next_resumes_at_once(service, sample_image):
+    config = service.job_config("sigterm", 10, sample_image, seconds=0.5)
+    job_id = service.cli("submit", str(config)).stdout.strip()
+    calls = service.root / "sigterm.calls.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (calls.exists() and len(read_jsonl(calls)) >= 4):
+        time.sleep(0.1)
+    stopping = time.monotonic()
+    service.stop(signal.SIGTERM)
+    print(f"SIGTERM to exit: {time.monotonic() - stopping:.1f}s")
+    assert service.proc.returncode == 0, service.log()
+    assert "left running, to be resumed" in service.log()
+    assert wait_state(service, job_id, ("running",))["attempts"] == 1
+    assert not service.redis.exists(f"editbatch:job-lease:{job_id}")  # let go: no lease to wait for
+    service.start()
+    started = time.monotonic()
+    record = wait_state(service, job_id, ("done",), timeout=60)
+    print(f"start to done: {time.monotonic() - started:.1f}s")
+    assert record["attempts"] == 2 and record["summary"]["ok"] == 10 and record["summary"]["reused"] >= 3
+    assert time.monotonic() - started < keys.JOB_LEASE_TTL_S
+    counted = Counter(c["id"] for c in read_jsonl(calls))
+    # The stopped run's edits stop at their next step: those (one per device) run again, nothing else.
+    again = [i for i, c in counted.items() if c > 1]
+    print(f"computed twice: {again}")
+    assert len(counted) == 10 and len(again) <= len(service.devices) and set(counted.values()) <= {1, 2}

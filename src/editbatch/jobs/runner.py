@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import layout, redisconn
+from .. import layout, liveness, redisconn
 from ..config import RunConfig
 from ..errors import EditBatchError, RunCancelled
 from ..models import identity
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("editbatch.jobs")
 
 PROGRESS_EVERY_S = 1.0  # job record and task-progress events, at most this often
+WORKER_POLL_S = 0.5
 
 
 class JobRun:
@@ -95,10 +96,30 @@ class JobRun:
         progress.flush()
         self._end("done", summary=result.summary, counts=progress.counts, exit_code=result.exit_code)
 
+    def _await_workers(self) -> None:
+        """Workers (re)started with the coordinator get `cluster.ready_timeout_s` to show up."""
+        co, logged = self.co, False
+        deadline = time.monotonic() + self.config.cluster.ready_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                absent = [q for q, seen in liveness.look(co.redis, co.ns, co.queues).items() if seen.record is None]
+            except redisconn.TRANSIENT:
+                absent = co.queues
+            if not absent:
+                return
+            if self.should_stop() or co.store.cancel_requested(self.job_id):
+                raise RunCancelled("stopped while waiting for workers")
+            if not logged:
+                log.info("job %s: waits for the workers of %s to start", self.job_id, ", ".join(absent))
+                logged = True
+            time.sleep(WORKER_POLL_S)
+        # ensure_model names the workers still missing
+
     def _switch_model(self) -> None:
         """Make every worker hold the job's model; only one job thread switches at a time."""
         from ..workers.switching import ensure_model
 
+        self._await_workers()
         co, model = self.co, self.config.model
         with co.switch_lock:
             switch = ensure_model(co.app, co.redis, co.ns, co.queues, model,
