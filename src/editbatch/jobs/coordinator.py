@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -45,7 +46,7 @@ SCAN_S = 2.0  # longest wait between passes; well inside the job lease (keys.JOB
 ADMIT_PER_PASS = 50  # new queued jobs checked per pass, so that a long queue never delays the leases
 # How long the coordinator's own writes ride out a restart of Redis (AOF reload included).
 REDIS_RETRY_S = 120.0
-STOP_JOIN_S = 50.0  # how long a stopping coordinator waits for its running jobs to stop
+STOP_JOIN_S = 50.0  # how long a stopping coordinator waits for its running jobs to stop (compose: 1 min)
 
 _current: "Coordinator | None" = None
 
@@ -97,8 +98,9 @@ class Coordinator:
             self.thread.join(SCAN_S * 2)
         with self.lock:
             runs = list(self.active.values())
+        deadline = time.monotonic() + STOP_JOIN_S
         for run in runs:
-            run.thread.join(STOP_JOIN_S)
+            run.thread.join(max(0.0, deadline - time.monotonic()))
 
     def job_ended(self, job_id: str) -> None:
         with self.lock:

@@ -40,6 +40,7 @@ class JobRun:
         self.run_id = run_id  # this attempt's run, named when the job was taken
         self.resume = resume
         self.lost = threading.Event()  # set when another coordinator holds the job's lease
+        self.ended = False  # its end is written
         self.thread = threading.Thread(target=self._main, name=f"editbatch-job-{job_id}", daemon=True)
 
     def start(self) -> None:
@@ -55,9 +56,10 @@ class JobRun:
         store = self.co.store
         try:
             self._run()
-        except Exception:  # noqa: BLE001 - a job's end must be recorded whatever went wrong
-            log.exception("job %s: the coordinator failed while running it", self.job_id)
-            self._end("failed", error="the coordinator failed while running the job; see its log")
+        except Exception as exc:  # noqa: BLE001 - a job's end must be recorded whatever went wrong
+            log.exception("job %s: failed in the coordinator", self.job_id)
+            if not self.ended:
+                self._end("failed", error=f"{exc.__class__.__name__}: {exc}")
         finally:
             try:
                 store.release(self.job_id, self.co.owner)
@@ -137,12 +139,16 @@ class JobRun:
             return  # its new owner writes the end
         store = self.co.store
         store.finish(self.job_id, state, **fields)
+        self.ended = True
         record = store.get(self.job_id)
         counts = record.get("counts") or {}
         said = ", ".join(f"{counts[k]} {k}" for k in ("ok", "failed", "invalid", "not_run") if k in counts)
         log.info("job %s: %s%s%s", self.job_id, state, f" ({said} of {counts.get('total')})" if counts else "",
                  f": {record['error']}" if state != "done" and record.get("error") else "")
-        self.co.view.ended(record)
+        try:
+            self.co.view.ended(record)
+        except redisconn.TRANSIENT:
+            log.warning("job %s: its Celery result was not stored (Redis unreachable)", self.job_id)
 
 
 class Progress:
