@@ -38,8 +38,9 @@ def test_submit_wait_status_and_list_from_the_cli(service, sample_image):
     waited = service.cli("wait", ids[1])
     assert waited.returncode == 0 and "done: 6 ok, 0 failed, 0 invalid" in waited.stdout, waited.stdout + service.log()
     status = json.loads(service.cli("status", ids[0], "--json").stdout)
-    assert status["state"] == "done" and status["counts"] == {"total": 6, "ok": 6, "failed": 0, "invalid": 0,
-                                                              "pending": 0}
+    # The producer's counts pass through as they come (other keys, such as not_run, may join these).
+    assert status["state"] == "done" and status["counts"].items() >= {"total": 6, "ok": 6, "failed": 0,
+                                                                       "invalid": 0, "pending": 0}.items()
     assert status["summary"]["ok"] == 6 and status["started_at"] >= status["submitted_at"]
     manifest, summary = read_run(service.root / "runs" / "cli-0")
     assert summary["ok"] == 6

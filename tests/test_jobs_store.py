@@ -101,3 +101,22 @@ def test_cancel_ends_a_queued_job_and_admission_counts_only_the_queue(store):
     assert store.request_cancel("a") == "running" and store.cancel_requested("a")
     assert store.get("a")["state"] == "running"
     assert store.request_cancel("nope") is None
+
+
+def test_progress_passes_on_whatever_counts_the_producer_reports(store):
+    from types import SimpleNamespace
+
+    from editbatch.jobs.runner import Progress
+
+    seen = []
+    store.create("p", {}, max_queued=10)
+    coordinator = SimpleNamespace(redis=store.redis, ns=store.ns,
+                                  view=SimpleNamespace(progress=lambda record, counts: seen.append(counts)))
+    progress = Progress(coordinator, store.get("p"))
+    counts = {"total": 5, "ok": 2, "failed": 0, "invalid": 0, "pending": 0, "not_run": 3}
+    progress.update(counts)
+    assert store.get("p")["counts"] == counts and seen == [counts]
+    progress.update({**counts, "ok": 3})  # within the second: kept, written at the next flush
+    assert store.get("p")["counts"]["ok"] == 2 and progress.counts["ok"] == 3
+    progress.flush()
+    assert store.get("p")["counts"]["ok"] == 3 and len(seen) == 2
