@@ -120,3 +120,14 @@ def test_progress_passes_on_whatever_counts_the_producer_reports(store):
     assert store.get("p")["counts"]["ok"] == 2 and progress.counts["ok"] == 3
     progress.flush()
     assert store.get("p")["counts"]["ok"] == 3 and len(seen) == 2
+
+
+def test_the_end_of_an_attempt_whose_job_was_taken_over_is_not_written(store):
+    store.create("f", {}, max_queued=10)
+    assert take(store, "f", owner="paused") == "taken"  # run id run-f
+    store.redis.delete(keys.job_lease(store.ns, "f"))
+    assert store.claim("f", owner="c2", run_id="run-f2")
+    assert store.finish("f", "failed", run_id="run-f", error="late") is False  # the paused one wakes up
+    assert store.get("f")["state"] == "running" and store.running() == ["f"]
+    assert store.finish("f", "done", run_id="run-f2") is True
+    assert store.get("f")["state"] == "done" and store.get("f")["error"] is None and store.running() == []

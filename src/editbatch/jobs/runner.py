@@ -138,8 +138,11 @@ class JobRun:
         if self.lost.is_set():
             return  # its new owner writes the end
         store = self.co.store
-        store.finish(self.job_id, state, **fields)
+        written = store.finish(self.job_id, state, run_id=self.run_id, **fields)
         self.ended = True
+        if not written:
+            log.warning("job %s: taken over by another coordinator; its end is not written here", self.job_id)
+            return
         record = store.get(self.job_id)
         counts = record.get("counts") or {}
         said = ", ".join(f"{counts[k]} {k}" for k in ("ok", "failed", "invalid", "not_run") if k in counts)

@@ -103,12 +103,17 @@ end
 return state
 """
 
-# Write the final fields (ARGV[2..], pairs) and take the job (ARGV[1]) out of the queue and the running set.
+# Write the final fields (ARGV[3..], pairs) and take the job (ARGV[1]) out of the queue and the running set.
+# ARGV[2], when not empty, is the attempt's run id (JSON): the fence. An attempt whose job was taken over
+# since (a paused coordinator waking up) finds another run id there and writes nothing. 1 written, 0 fenced.
 _FINISH = """
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'run_id') ~= ARGV[2] then return 0 end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('SREM', KEYS[3], ARGV[1])
-""" + _WAKE.format(n=4)
+""" + _WAKE.format(n=4) + """
+return 1
+"""
 
 
 class QueueFull(RuntimeError):
@@ -210,12 +215,13 @@ class JobStore:
         mapping = {k: json.dumps(v) for k, v in fields.items()}
         self._call(lambda: self.redis.hset(self._job(job_id), mapping=mapping))
 
-    def finish(self, job_id: str, state: str, **fields: Any) -> None:
-        args = [job_id]
+    def finish(self, job_id: str, state: str, *, run_id: str | None = None, **fields: Any) -> bool:
+        """Write the job's end; with `run_id`, only while that attempt still owns the job (False otherwise)."""
+        args = [job_id, json.dumps(run_id) if run_id else ""]
         for key, value in {"state": state, "finished_at": time.time(), **fields}.items():
             args += [key, json.dumps(value)]
-        self._eval(_FINISH, [self._job(job_id), keys.jobs_queued(self.ns), keys.jobs_running(self.ns),
-                             keys.jobs_wake(self.ns)], *args)
+        return bool(self._eval(_FINISH, [self._job(job_id), keys.jobs_queued(self.ns), keys.jobs_running(self.ns),
+                                         keys.jobs_wake(self.ns)], *args))
 
     def publish_settings(self, *, max_queued: int, max_running: int) -> None:
         value = json.dumps({"max_queued": max_queued, "max_running": max_running})
