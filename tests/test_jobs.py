@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 
+from editbatch import keys
 from editbatch.jobs.store import JobStore, QueueFull
 from editbatch.redisconn import connect
 
@@ -37,8 +38,9 @@ def test_submit_wait_status_and_list_from_the_cli(service, sample_image):
     waited = service.cli("wait", ids[1])
     assert waited.returncode == 0 and "done: 6 ok, 0 failed, 0 invalid" in waited.stdout, waited.stdout + service.log()
     status = json.loads(service.cli("status", ids[0], "--json").stdout)
-    assert status["state"] == "done" and status["counts"] == {"total": 6, "ok": 6, "failed": 0, "invalid": 0,
-                                                              "pending": 0}
+    # The producer's counts pass through as they come (other keys, such as not_run, may join these).
+    assert status["state"] == "done" and status["counts"].items() >= {"total": 6, "ok": 6, "failed": 0,
+                                                                       "invalid": 0, "pending": 0}.items()
     assert status["summary"]["ok"] == 6 and status["started_at"] >= status["submitted_at"]
     manifest, summary = read_run(service.root / "runs" / "cli-0")
     assert summary["ok"] == 6
@@ -72,7 +74,8 @@ def test_same_id_twice_is_one_job_and_priority_goes_first(service, sample_image)
 
 
 def test_cancel_stops_one_job_and_a_queued_one_never_starts(service, sample_image):
-    long = service.job_config("long", 12, sample_image, seconds=1.0)
+    # Edits long enough that the cancel lands while the second pair runs, however loaded the machine.
+    long = service.job_config("long", 12, sample_image, seconds=2.0)
     queued = service.job_config("queued", 3, sample_image)
     after = service.job_config("after", 3, sample_image)
     ids = service.cli("submit", str(long), str(queued)).stdout.split()
@@ -88,7 +91,7 @@ def test_cancel_stops_one_job_and_a_queued_one_never_starts(service, sample_imag
     out = service.root / "runs" / "long"
     kept = {p.name for p in (out / "records").glob("*.json")}
     assert record["counts"]["ok"] == len(kept) < 12
-    time.sleep(1.5)  # a running edit would have finished by now
+    time.sleep(2.5)  # a running edit would have finished by now
     assert {p.name for p in (out / "records").glob("*.json")} == kept
     assert wait_state(service, ids[1], ("cancelled",))["started_at"] is None
     assert not (service.root / "runs" / "queued").exists()
@@ -176,9 +179,19 @@ def test_a_job_through_flowers_rest_api(service, sample_image):
             except OSError:
                 pass
             time.sleep(0.5)
-        config = yaml.safe_load(service.job_config("http", 6, sample_image, seconds=0.3).read_text())
+        config = yaml.safe_load(service.job_config("http", 6, sample_image, seconds=0.6).read_text())
         sent = call("/api/task/send-task/editbatch.job", {"kwargs": {"config": config}})
         job_id = sent["task-id"]
+        # The task only queues the job: its message is acknowledged at once, long before the job ends.
+        assert wait_state(service, job_id, ("running",))["via"] == "celery"
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            held = [json.loads(m)[0]["headers"]["task"] for m in service.redis.hvals("unacked")]
+            if "editbatch.job" not in held:
+                break
+            time.sleep(0.02)
+        assert "editbatch.job" not in held and service.redis.llen("jobs") == 0, held
+        assert JobStore(service.redis, "editbatch").get(job_id)["state"] == "running"
         states, result = set(), None
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -199,18 +212,59 @@ def test_a_job_through_flowers_rest_api(service, sample_image):
         flower.wait(10)
 
 
-def test_a_job_survives_a_coordinator_killed_mid_run(service, sample_image):
-    """SIGKILL the coordinator (its workers finish their edit and go), start it again: the job resumes."""
+def test_jobs_survive_a_coordinator_killed_mid_run(service, sample_image):
+    """SIGKILL the coordinator (its workers finish their edit and go) with one job running and one queued, start
+    it again: the running job resumes on its folder once its lease runs out, then the queued one runs."""
     config = service.job_config("restart", 10, sample_image, seconds=0.5)
-    job_id = service.cli("submit", str(config)).stdout.strip()
+    waiting = service.job_config("restart-queued", 4, sample_image)
+    job_id, queued_id = service.cli("submit", str(config), str(waiting)).stdout.split()
     calls = service.root / "restart.calls.jsonl"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (calls.exists() and len(read_jsonl(calls)) >= 4):
         time.sleep(0.1)
     service.stop(signal.SIGKILL)
+    killed_at = time.monotonic()
     assert wait_state(service, job_id, ("running",))["attempts"] == 1
+    assert wait_state(service, queued_id, ("queued",))
     service.start()
     record = wait_state(service, job_id, ("done",), timeout=120)
+    print(f"resumed {record['finished_at'] - record['started_at']:.1f}s after it first started; "
+          f"killed to done: {time.monotonic() - killed_at:.1f}s")
     assert record["attempts"] == 2 and record["summary"]["ok"] == 10 and record["summary"]["reused"] >= 3
     counted = Counter(c["id"] for c in read_jsonl(calls))
-    assert len(counted) == 10 and sum(counted.values()) <= 10 + 2  # at most the edits cut short ran again
+    again = sorted(i for i, c in counted.items() if c > 1)
+    print(f"computed twice: {again}")
+    # The workers outlive the coordinator long enough to finish their edit (SIGTERM from the kernel when their
+    # parent dies): what they finished is reused, nothing is computed twice.
+    assert len(counted) == 10 and again == [], counted
+    queued = wait_state(service, queued_id, ("done",), timeout=60)
+    assert queued["attempts"] == 1 and queued["summary"]["ok"] == 4 and queued["started_at"] >= record["finished_at"]
+    assert sorted(Counter(c["id"] for c in read_jsonl(service.root / "restart-queued.calls.jsonl")).values()) \
+        == [1, 1, 1, 1]
+
+
+def test_a_coordinator_stopped_with_sigterm_lets_go_and_the_next_resumes_at_once(service, sample_image):
+    config = service.job_config("sigterm", 10, sample_image, seconds=0.5)
+    job_id = service.cli("submit", str(config)).stdout.strip()
+    calls = service.root / "sigterm.calls.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (calls.exists() and len(read_jsonl(calls)) >= 4):
+        time.sleep(0.1)
+    stopping = time.monotonic()
+    service.stop(signal.SIGTERM)
+    print(f"SIGTERM to exit: {time.monotonic() - stopping:.1f}s")
+    assert service.proc.returncode == 0, service.log()
+    assert "left running, to be resumed" in service.log()
+    assert wait_state(service, job_id, ("running",))["attempts"] == 1
+    assert not service.redis.exists(f"editbatch:job-lease:{job_id}")  # let go: no lease to wait for
+    service.start()
+    started = time.monotonic()
+    record = wait_state(service, job_id, ("done",), timeout=60)
+    print(f"start to done: {time.monotonic() - started:.1f}s")
+    assert record["attempts"] == 2 and record["summary"]["ok"] == 10 and record["summary"]["reused"] >= 3
+    assert time.monotonic() - started < keys.JOB_LEASE_TTL_S
+    counted = Counter(c["id"] for c in read_jsonl(calls))
+    # The stopped run's edits stop at their next step: those (one per device) run again, nothing else.
+    again = [i for i, c in counted.items() if c > 1]
+    print(f"computed twice: {again}")
+    assert len(counted) == 10 and len(again) <= len(service.devices) and set(counted.values()) <= {1, 2}

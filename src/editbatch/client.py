@@ -6,9 +6,9 @@
     print(job.id, job.status()["state"])
     summary = job.wait(timeout=3600)     # the run's summary; JobFailed if it failed or was cancelled
 
-Submitting writes the job record (so it is listed as queued at once and the
-admission limit is checked) and sends the `editbatch.job` message that the
-coordinator picks up. A job id given twice names the same job.
+Submitting puts the job into the job store in Redis, the coordinator's
+only queue: it is listed as queued at once, the admission limit is checked,
+and the coordinator is woken. A job id given twice names the same job.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import time
 import uuid
 from typing import Any
 
-from . import keys, redisconn
-from .jobs.contract import DEFAULT_QUEUE, TASK_NAME, VERSION, JobFailed
+from . import redisconn, runstate
+from .jobs.contract import JobFailed
 from .jobs.store import FINAL, JOB_ID, JobStore, QueueFull
 
 REDIS_RETRY_S = 10.0  # a call rides out a short Redis restart, then fails with the connection error
@@ -32,31 +32,19 @@ class UnknownJob(LookupError):
 
 
 class Client:
-    def __init__(self, broker: str | None = None, *, namespace: str = "editbatch", queue: str = DEFAULT_QUEUE):
+    def __init__(self, broker: str | None = None, *, namespace: str = "editbatch"):
         self.broker = broker or os.environ.get("EDITBATCH_BROKER")
         if not self.broker:
             raise ValueError("no broker: pass its redis:// URL or set EDITBATCH_BROKER")
         self.ns = namespace
-        self.queue = queue
         self.redis = redisconn.connect(self.broker)
         self.store = JobStore(self.redis, namespace, retry_s=REDIS_RETRY_S)
-        self._app = None
-
-    @property
-    def app(self):
-        if self._app is None:
-            from .celery_app import make_app
-
-            self._app = make_app(self.broker)
-        return self._app
 
     def submit(self, config: dict[str, Any], *, priority: int = 0, job_id: str | None = None) -> "Job":
         job_id = job_id or uuid.uuid4().hex[:16]
         if not JOB_ID.match(job_id):
             raise ValueError(f"job id {job_id!r}: use 1 to 64 of A-Z a-z 0-9 _ . -")
-        if self.store.create(job_id, config, priority=priority):
-            self.app.send_task(TASK_NAME, task_id=job_id, queue=self.queue,
-                               kwargs={"config": config, "priority": priority, "v": VERSION})
+        self.store.create(job_id, config, priority=priority)
         return Job(self, job_id)
 
     def job(self, job_id: str) -> "Job":
@@ -69,8 +57,6 @@ class Client:
 
     def close(self) -> None:
         self.redis.close()
-        if self._app is not None:
-            self._app.close()
 
 
 class Job:
@@ -108,8 +94,8 @@ class Job:
             return f"job {self.id}: cancelled before it started"
         run_id = self.status().get("run_id")
         if run_id:
-            redisconn.retrying(lambda: self.client.redis.set(keys.run_state(self.client.ns, run_id), "cancelled",
-                                                             ex=keys.RUN_STATE_TTL_S), REDIS_RETRY_S)
+            redisconn.retrying(lambda: runstate.mark_cancelled(self.client.redis, self.client.ns, run_id),
+                               REDIS_RETRY_S)
         return f"job {self.id}: cancel requested; its running edits stop at the next step"
 
     def __repr__(self) -> str:

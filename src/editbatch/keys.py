@@ -65,7 +65,7 @@ def item_claim(namespace: str, output_dir: str, item_id: str) -> str:
 
 # ---------------------------------------------------------------- jobs (see jobs/store.py)
 
-JOB_LEASE_TTL_S = 10  # a coordinator that died lets go of its jobs after this long
+JOB_LEASE_TTL_S = 10  # a coordinator that died lets go of its running jobs after this long
 
 
 def job(namespace: str, job_id: str) -> str:
@@ -84,11 +84,17 @@ def jobs_queued(namespace: str) -> str:
 
 
 def jobs_running(namespace: str) -> str:
+    """Jobs taken off the queue and not finished: at most `jobs.max_running`."""
     return f"{namespace}:jobs:running"
 
 
+def jobs_wake(namespace: str) -> str:
+    """A one-element list pushed whenever the queue or the running set changes; coordinators block on it."""
+    return f"{namespace}:jobs:wake"
+
+
 def job_lease(namespace: str, job_id: str) -> str:
-    """Held by the coordinator thread that owns a job; gone when that coordinator dies."""
+    """Held by the coordinator running the job (its owner id); gone within JOB_LEASE_TTL_S when it dies."""
     return f"{namespace}:job-lease:{job_id}"
 
 

@@ -18,16 +18,16 @@ def client_from_args(args):
     from ..client import Client
 
     broker = getattr(args, "broker", None) or os.environ.get("EDITBATCH_BROKER")
-    namespace, queue = "editbatch", "jobs"
+    namespace = "editbatch"
     cluster_path = getattr(args, "cluster_config", None)
     if cluster_path:
         from .serve import load_cluster_config
 
         cluster = load_cluster_config(cluster_path, broker=broker)
-        broker, namespace, queue = cluster.cluster.broker, cluster.cluster.namespace, cluster.jobs.queue
+        broker, namespace = cluster.cluster.broker, cluster.cluster.namespace
     if not broker:
         raise EditBatchError("job commands need the broker: --broker URL, EDITBATCH_BROKER or --config CLUSTER.yaml")
-    return Client(broker, namespace=namespace, queue=queue)
+    return Client(broker, namespace=namespace)
 
 
 def job_config(path: str) -> dict[str, Any]:
@@ -129,7 +129,8 @@ def render_job(r: dict[str, Any]) -> str:
              f"priority: {r.get('priority', 0)}"]
     if counts:
         lines.append(f"items: {counts['total'] - counts['pending']}/{counts['total']} done: {counts['ok']} ok, "
-                     f"{counts['failed']} failed, {counts['invalid']} invalid")
+                     f"{counts['failed']} failed, {counts['invalid']} invalid"
+                     + (f", {counts['not_run']} not run" if counts.get("not_run") else ""))
     lines.append(f"submitted {when(r.get('submitted_at'))}, started {when(r.get('started_at'))}, "
                  f"finished {when(r.get('finished_at'))}")
     if r.get("error"):

@@ -15,10 +15,14 @@ Keyword arguments (version 1):
   priorities run in submission order.
 - ``v`` (optional): the contract version, 1.
 
-Result: the run's summary (the content of ``summary.json``) plus ``job``
-(the id), ``output_dir`` and ``state: done``. A job that is refused, fails
-or is cancelled makes the task fail with a one-line message (`JobFailed`).
-Submitting the same task id twice runs the job once; both return its result.
+The task puts the job into the job store and returns at once, so no
+message is held while the job waits or runs; the coordinator stores the
+task's result under the job id when the job ends (`AsyncResult(id).get()`
+waits for it). Result: the run's summary (the content of ``summary.json``)
+plus ``job`` (the id), ``output_dir`` and ``state: done``. A job that is
+refused, fails or is cancelled makes the task fail with a one-line message
+(`JobFailed`). Submitting the same task id twice runs the job once; both
+read its result.
 """
 
 from __future__ import annotations

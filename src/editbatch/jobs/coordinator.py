@@ -1,47 +1,52 @@
-"""The coordinator: runs queued jobs with the producer (`Run`) against warm workers.
+"""The coordinator: takes jobs from the job store and runs them with the producer (`Run`) on warm workers.
 
-Each `editbatch.job` message is handled by one thread of the coordinator's
-Celery worker (`editbatch serve`): it registers the job if no client did,
-waits for a run slot (priority, then submission order, `jobs.max_running`
-at a time), makes the workers hold the job's model, runs it, and records
-the outcome. The Celery message carries the job; the record in Redis says
-where it stands. A lease per job tells a live owner from a dead one: a job
-whose coordinator died is sent again (same task id) and resumed on the same
-output folder, so it is neither lost nor run twice.
+One scheduler thread waits on the store (the wake-up list, or a rescan every
+`SCAN_S`) and on each pass:
+
+1. renews the lease of every job this coordinator runs (one that another
+   coordinator took over is stopped here);
+2. takes over running jobs whose coordinator died (lease gone) and resumes
+   them on their folder;
+3. checks the config of each newly queued job (a bad one ends `failed` at
+   once, with the one-line reason);
+4. takes the head of the queue while a run slot is free. Jobs run side by
+   side only when they use the same model: a job whose model differs from
+   the running jobs' waits, in its place, until they have ended, and is then
+   started after the workers switch (never under a running job).
+
+Each running job has a thread of its own (runner.JobRun), at most
+`jobs.max_running`; the threads do not grow with the length of the queue.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
-from celery.exceptions import Reject
-
-from .. import keys, redisconn
+from .. import redisconn, runstate
 from ..celery_app import make_app
 from ..config import RunConfig, config_from_mapping
-from ..errors import ConfigError, EditBatchError, RunCancelled
-from ..leases import Lease
+from ..errors import ConfigError, EditBatchError
+from ..models import identity
 from ..workers.roots import Roots, inside
-from .contract import TASK_NAME, JobFailed, check_kwargs
+from .celery_view import CeleryView, outcome
+from .contract import JobFailed, check_kwargs
+from .runner import JobRun
 from .store import FINAL, JobStore, QueueFull
 
 log = logging.getLogger("editbatch.jobs")
 
-QUEUE_POLL_S = 0.5
-ORPHAN_CHECK_S = 5.0
-PROGRESS_EVERY_S = 1.0  # job record and task-progress events, at most this often
-# How long the coordinator's own Redis calls ride out a restart of Redis (AOF reload included)
-# before the job's thread gives up; the orphan watcher sends a job so abandoned again.
+SCAN_S = 2.0  # longest wait between passes; well inside the job lease (keys.JOB_LEASE_TTL_S)
+ADMIT_PER_PASS = 50  # new queued jobs checked per pass, so that a long queue never delays the leases
+# How long the coordinator's own writes ride out a restart of Redis (AOF reload included).
 REDIS_RETRY_S = 120.0
+STOP_JOIN_S = 50.0  # how long a stopping coordinator waits for its running jobs to stop (compose: 1 min)
 
 _current: "Coordinator | None" = None
 
@@ -58,112 +63,199 @@ class Coordinator:
         self.base = cluster_config
         self.settings = cluster_config.jobs
         self.ns = cluster_config.cluster.namespace
-        self.broker = broker
         self.redis = redisconn.connect(broker)
         self.store = JobStore(self.redis, self.ns, retry_s=REDIS_RETRY_S)
         self.app = make_app(broker, task_events=cluster_config.cluster.task_events)
+        self.view = CeleryView(self.app, self.settings.queue, events=cluster_config.cluster.task_events)
         self.queues = [d.queue for d in cluster_config.devices]
         self.roots = Roots.of(cluster_config.cluster.input_roots, cluster_config.cluster.output_roots)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stopping = threading.Event()
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.switch_lock = threading.Lock()
+        self.active: dict[str, JobRun] = {}  # job id -> its thread, while it runs here
+        self.lock = threading.Lock()  # guards `active`
+        self.admitted: dict[str, tuple[RunConfig, str]] = {}  # queued job id -> checked config, model key
+        self.waiting_logged: tuple[str, tuple[str, ...]] | None = None
+        self.thread: threading.Thread | None = None
         _current = self
 
+    # ------------------------------------------------------------ life
+
     def start(self) -> None:
-        """Once consuming: publish the limits and start watching for jobs whose coordinator died."""
+        """Publish the limits (clients check admission against them) and start scheduling."""
         self.store.publish_settings(max_queued=self.settings.max_queued, max_running=self.settings.max_running)
-        threading.Thread(target=self._watch_orphans, name="editbatch-orphans", daemon=True).start()
+        self.thread = threading.Thread(target=self._loop, name="editbatch-scheduler", daemon=True)
+        self.thread.start()
+        log.info("coordinator %s: taking jobs from the store (max_running %d, max_queued %d)", self.owner,
+                 self.settings.max_running, self.settings.max_queued)
 
-    # ------------------------------------------------------------ one job
+    def stop(self) -> None:
+        """Stop taking jobs; running ones stop and stay `running` for the next coordinator to resume."""
+        self.stopping.set()
+        with contextlib.suppress(*redisconn.TRANSIENT):
+            self.store.wake()  # the scheduler's wait returns now, not at the end of its slice
+        if self.thread is not None:
+            self.thread.join(SCAN_S * 2)
+        with self.lock:
+            runs = list(self.active.values())
+        deadline = time.monotonic() + STOP_JOIN_S
+        for run in runs:
+            run.thread.join(max(0.0, deadline - time.monotonic()))
 
-    def run_job(self, task, job_id: str, config: Any, priority: Any, v: Any) -> dict[str, Any]:
-        check_kwargs(config, priority, v)
-        if self.store.get(job_id) is None:
+    def job_ended(self, job_id: str) -> None:
+        with self.lock:
+            self.active.pop(job_id, None)
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
             try:
-                self.store.create(job_id, config, priority=priority, max_queued=self.settings.max_queued, via="celery")
-            except QueueFull as exc:
-                raise JobFailed(str(exc)) from None
-        record = self.store.get(job_id)
-        if record["state"] in FINAL:
-            return outcome(record)
-        lease = Lease(self.redis, keys.job_lease(self.ns, job_id), f"{self.owner}:{threading.get_ident()}",
-                      keys.JOB_LEASE_TTL_S)
-        if not redisconn.retrying(lease.try_take, REDIS_RETRY_S):
-            return outcome(self._wait_final(job_id))  # a second copy of the message: its owner is alive
-        try:
-            self.store.update(job_id, received_at=time.time())
-            return self._own(task, job_id)
-        finally:
-            lease.release()
+                self.schedule_once()
+                self.store.wait_for_change(SCAN_S, stop=self.stopping.is_set)
+            except redisconn.TRANSIENT:
+                self.stopping.wait(redisconn.RETRY_PAUSE_S)  # Redis restarting: the next pass tries again
+            except Exception:  # noqa: BLE001 - the scheduler must outlive any one bad record
+                log.exception("scheduler pass failed")
+                self.stopping.wait(SCAN_S)
 
-    def _own(self, task, job_id: str) -> dict[str, Any]:
-        record = self.store.get(job_id)
+    def schedule_once(self) -> None:
+        self.keep_leases()
+        self.adopt_orphans()
+        self.admit_new()
+        self.start_next()
+
+    # ------------------------------------------------------------ the Celery front door
+
+    def accept(self, job_id: str, config: Any, priority: Any, v: Any) -> dict[str, Any] | None:
+        """Queue a job sent as an `editbatch.job` task; the finished job's result if it ended already."""
         try:
-            config = self.check(job_id, record["config"])
-        except EditBatchError as exc:
-            self.store.finish(job_id, "failed", error=str(exc))
+            check_kwargs(config, priority, v)
+            self.store.create(job_id, config, priority=priority, max_queued=self.settings.max_queued, via="celery")
+        except QueueFull as exc:
+            log.info("job %s: refused: %s", job_id, exc)
             raise JobFailed(str(exc)) from None
-        last_event = 0.0
-        while record["state"] == "queued":
-            if self.stopping.is_set():
-                raise Reject("coordinator stopping; the job stays queued", requeue=True)
-            if self.store.take_slot(job_id, self.settings.max_running):
-                break
-            if time.monotonic() - last_event > 5:
-                last_event = time.monotonic()
-                with contextlib.suppress(Exception):  # an event is best effort: Redis may be restarting
-                    task.send_event("task-progress", job=job_id, state="queued", position=record.get("position"))
-            time.sleep(QUEUE_POLL_S)
+        except JobFailed as exc:
+            log.info("job %s: refused: %s", job_id, exc)
+            raise
+        record = self.store.get(job_id)
+        return outcome(record) if record["state"] in FINAL else None
+
+    # ------------------------------------------------------------ the scheduler's steps
+
+    def keep_leases(self) -> None:
+        with self.lock:
+            runs = list(self.active.items())
+        for job_id, run in runs:
+            if not run.lost.is_set() and not self.store.keep_lease(job_id, self.owner):
+                log.warning("job %s: its lease is held by another coordinator; stopping it here", job_id)
+                run.lost.set()
+
+    def adopt_orphans(self) -> None:
+        for job_id in self.store.running():
+            if self.stopping.is_set() or job_id in self.active:
+                continue
+            holder = self.store.lease_holder(job_id)
+            if holder is not None and holder != self.owner:
+                continue  # a live coordinator runs it
             record = self.store.get(job_id)
-            if record["state"] in FINAL:
-                return outcome(record)  # cancelled while queued
-        record = self.store.get(job_id)
-        resume = bool(record.get("started_at"))  # it ran under a coordinator that died: finish it
-        run_id = uuid.uuid4().hex[:12]
-        self.store.update(job_id, state="running", run_id=run_id, started_at=record.get("started_at") or time.time(),
-                          attempts=int(record.get("attempts") or 0) + 1)
-        if self._cancel_requested(job_id):
-            redisconn.retrying(lambda: self.redis.set(keys.run_state(self.ns, run_id), "cancelled",
-                                                      ex=keys.RUN_STATE_TTL_S), REDIS_RETRY_S)
-        log.info("job %s: %s %s into %s", job_id, "resuming" if resume else "starting", config.name, config.output_dir)
-        return self._execute(task, job_id, config, run_id, resume)
+            if record is None or record["state"] != "running":
+                continue
+            config = self._check_or_fail(job_id, record)
+            if config is None:
+                continue
+            previous, run_id = record.get("run_id"), new_run_id()
+            if not self.store.claim(job_id, owner=self.owner, run_id=run_id):
+                continue
+            if previous:  # its tasks still queued must not run beside the resumed run's
+                runstate.mark_cancelled(self.redis, self.ns, previous, if_known=True)
+            log.info("job %s: its coordinator is gone; resuming it on %s", job_id, config.output_dir)
+            self._launch(job_id, config, run_id, resume=True)
 
-    def _execute(self, task, job_id: str, config: RunConfig, run_id: str, resume: bool) -> dict[str, Any]:
-        from ..producer.run import Run, RunOptions
-        from ..workers.switching import ensure_model
+    def admit_new(self) -> None:
+        """Check the config of jobs newly queued: accepted, or refused (ended `failed`) with the reason."""
+        queued = self.store.queued()
+        waiting = set(queued)
+        for job_id in [j for j in self.admitted if j not in waiting]:
+            self.admitted.pop(job_id)
+            if job_id not in self.active:
+                self._left_queue(job_id)
+        for job_id in [j for j in queued if j not in self.admitted][:ADMIT_PER_PASS]:
+            record = self.store.get(job_id)
+            if record is None or record["state"] != "queued":
+                continue
+            config = self._check_or_fail(job_id, record)
+            if config is None:
+                continue
+            key = identity.identity_hash(identity.model_identity(config.model))
+            self.admitted[job_id] = (config, key)
+            log.info("job %s: accepted (%s, %s, via %s, position %s)", job_id, config.name,
+                     identity.describe(identity.model_identity(config.model)), record.get("via"),
+                     record.get("position"))
 
-        progress = Progress(self.store, task, job_id)
-        source = f"job {job_id}"
+    def start_next(self) -> None:
+        """Take the head of the queue while a slot is free and its model matches the running jobs'."""
+        while not self.stopping.is_set():
+            head = self.store.head()
+            if head is None:
+                return
+            if head not in self.admitted:
+                return  # checked on the next pass
+            config, key = self.admitted[head]
+            active = self.active.get(head)
+            # A job of ours back in the queue: Redis lost the last second of writes. Running it stays.
+            run_id = active.run_id if active else new_run_id()
+            answer = self.store.take(head, owner=self.owner, max_running=self.settings.max_running, model_key=key,
+                                     run_id=run_id)
+            if answer == "taken" and active is None:
+                self.admitted.pop(head)
+                self._launch(head, config, run_id, resume=self.store.get(head)["attempts"] > 1)
+            elif answer == "other-model":
+                self._log_waiting(head, config)
+                return
+            elif answer == "full":
+                return
+
+    # ------------------------------------------------------------ helpers
+
+    def _launch(self, job_id: str, config: RunConfig, run_id: str, *, resume: bool) -> None:
+        run = JobRun(self, job_id, config, run_id, resume=resume)
+        with self.lock:
+            self.active[job_id] = run
+        run.start()
+
+    def _check_or_fail(self, job_id: str, record: dict[str, Any]) -> RunConfig | None:
         try:
-            switch = ensure_model(self.app, self.redis, self.ns, self.queues, config.model,
-                                  timeout_s=config.cluster.ready_timeout_s,
-                                  should_stop=lambda: self.stopping.is_set() or self._cancel_requested(job_id))
-            self.store.update(job_id, switch=switch)
-            if switch.get("stopped") and not self.stopping.is_set():
-                raise RunCancelled("job cancelled")
-            if switch.get("stopped"):
-                raise RunCancelled("coordinator stopping")
-            result = Run(config, source, RunOptions(resume=resume), None, run_id=run_id,
-                         on_progress=progress.update, should_stop=self.stopping.is_set).execute()
-        except RunCancelled:
-            if self.stopping.is_set() and not self._cancel_requested(job_id):
-                # Left running: the next coordinator resumes it from the same message.
-                raise Reject("coordinator stopping; the job resumes at the next start", requeue=True) from None
-            self.store.finish(job_id, "cancelled", counts=progress.counts, summary=read_summary(config.output_dir),
-                              error="job cancelled; finished items are kept")
-            raise JobFailed("job cancelled; finished items are kept", "cancelled") from None
+            return self.check(job_id, record.get("config"))
         except EditBatchError as exc:
-            self.store.finish(job_id, "failed", counts=progress.counts, error=str(exc))
-            raise JobFailed(str(exc)) from None
-        except Exception as exc:
-            self.store.finish(job_id, "failed", counts=progress.counts, error=f"{exc.__class__.__name__}: {exc}")
-            raise JobFailed(f"{exc.__class__.__name__}: {exc}") from None
-        progress.flush()
-        self.store.finish(job_id, "done", summary=result.summary, counts=progress.counts, exit_code=result.exit_code)
-        return outcome(self.store.get(job_id))
+            reason = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a record nobody could read must not block the queue
+            reason = f"job {job_id}: unreadable config ({exc.__class__.__name__}: {exc})"
+        log.info("job %s: refused: %s", job_id, reason)
+        self.store.finish(job_id, "failed", error=reason)
+        self.view.ended(self.store.get(job_id))
+        return None
+
+    def _left_queue(self, job_id: str) -> None:
+        """A job that left the queue without this coordinator taking it: cancelled, or taken elsewhere."""
+        record = self.store.get(job_id)
+        if record is not None and record["state"] == "cancelled":
+            log.info("job %s: cancelled before it started", job_id)
+            self.view.ended(record)
+
+    def _log_waiting(self, head: str, config: RunConfig) -> None:
+        running = tuple(self.store.running())
+        if self.waiting_logged == (head, running):
+            return
+        self.waiting_logged = (head, running)
+        with self.lock:
+            models = {run.describe_model() for job_id, run in self.active.items() if job_id in running}
+        log.info("job %s: waits for %s to end: it needs %s, the running job(s) use %s", head, ", ".join(running),
+                 identity.describe(identity.model_identity(config.model)), ", ".join(sorted(models)) or "another")
 
     def check(self, job_id: str, data: dict[str, Any]) -> RunConfig:
         """The job's config as `editbatch run` would check it, run on the coordinator's cluster, inside its roots."""
         source = f"job {job_id}"
+        if not isinstance(data, dict):
+            raise ConfigError(source, None, "a job's config must be a mapping (a run config)")
         data = {k: v for k, v in data.items() if k not in ("cluster", "jobs")}
         data["cluster"] = self.base.cluster.model_dump(mode="json")
         config = config_from_mapping(data, source)
@@ -175,83 +267,6 @@ class Coordinator:
                                                     f"roots ({', '.join(self.roots.outputs)})")
         return config
 
-    def _cancel_requested(self, job_id: str) -> bool:
-        return self.store.cancel_requested(job_id)
 
-    def _wait_final(self, job_id: str) -> dict[str, Any]:
-        while True:
-            record = self.store.get(job_id)
-            if record is None or record["state"] in FINAL:
-                return record
-            if self.stopping.is_set():
-                raise Reject("coordinator stopping", requeue=False)  # the owner's own message remains
-            time.sleep(QUEUE_POLL_S)
-
-    # ------------------------------------------------------------ restarts
-
-    def _watch_orphans(self) -> None:
-        while not self.stopping.wait(ORPHAN_CHECK_S):
-            try:
-                self.resend_orphans()
-            except redisconn.TRANSIENT:
-                pass  # Redis restarting: next round
-
-    def resend_orphans(self) -> list[str]:
-        """Jobs a dead coordinator held (received, lease gone, not finished): send them again."""
-        sent = []
-        for job_id in self.store.unfinished():
-            record = self.store.get(job_id)
-            if not record or record["state"] in FINAL or not record.get("received_at"):
-                continue
-            lease_key = keys.job_lease(self.ns, job_id)
-            if redisconn.retrying(lambda key=lease_key: self.redis.exists(key), REDIS_RETRY_S):
-                continue
-            self.store.update(job_id, received_at=None)
-            self.app.send_task(TASK_NAME, task_id=job_id, queue=self.settings.queue,
-                               kwargs={"config": record["config"], "priority": record.get("priority") or 0})
-            log.info("job %s: its coordinator is gone; sent again to be resumed", job_id)
-            sent.append(job_id)
-        return sent
-
-
-class Progress:
-    """Counts of the running job into its record and a `task-progress` event, at most once a second."""
-
-    def __init__(self, store: JobStore, task, job_id: str):
-        # No waiting through a Redis restart: the next update, or the job's finish, writes the counts.
-        self.store, self.task, self.job_id = JobStore(store.redis, store.ns), task, job_id
-        self.counts: dict[str, int] | None = None
-        self.sent_at = 0.0
-        self.dirty = False
-
-    def update(self, counts: dict[str, int]) -> None:
-        self.counts, self.dirty = counts, True
-        if time.monotonic() - self.sent_at >= PROGRESS_EVERY_S:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.dirty or self.counts is None:
-            return
-        self.sent_at, self.dirty = time.monotonic(), False
-        try:
-            self.store.update(self.job_id, counts=self.counts)
-            self.task.send_event("task-progress", job=self.job_id, state="running", **self.counts)
-        except Exception:  # noqa: BLE001 - progress is best effort; the run's own files are the record
-            log.warning("job %s: progress not published", self.job_id, exc_info=True)
-
-
-def outcome(record: dict[str, Any] | None) -> dict[str, Any]:
-    """The task's result for a finished job: its summary, or JobFailed with the reason."""
-    if record is None:
-        raise JobFailed("job record vanished")
-    if record["state"] == "done":
-        return {**(record.get("summary") or {}), "job": record["id"], "output_dir": record.get("output_dir"),
-                "state": "done"}
-    raise JobFailed(record.get("error") or f"job {record['state']}", record["state"])
-
-
-def read_summary(output_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((Path(output_dir) / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]

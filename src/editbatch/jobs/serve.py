@@ -2,9 +2,9 @@
 
 The cluster config is a run config without a dataset: its `cluster` section
 names the broker, the devices and the roots jobs may use, `model` the model
-workers start with, and `jobs` the limits. The coordinator is a Celery
-worker of the `jobs` queue (threads pool): one thread per job it holds,
-`jobs.max_running` of them running at a time, the others waiting their turn.
+workers start with, and `jobs` the limits. The coordinator takes jobs from
+the job store (coordinator.py) and is also a small Celery worker of the
+`jobs` queue, whose `editbatch.job` task puts jobs into that store.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from ..config import RunConfig, config_from_mapping, dump_config
 from ..errors import ConfigError
 
 PLACEHOLDER_DATASET = "no-dataset.jsonl"  # the cluster config's workers read no dataset
+FRONT_DOOR_THREADS = 2  # threads of the Celery worker that serves the `editbatch.job` task
 
 
 def load_cluster_config(path: str | Path, overrides: list[str] = (), broker: str | None = None) -> RunConfig:
@@ -66,11 +67,10 @@ def _run_coordinator(config: RunConfig, broker: str, loglevel: str) -> None:
     from celery.signals import worker_ready, worker_shutting_down
 
     from ..celery_app import app
-    from . import broker_loss
     from .coordinator import Coordinator
 
-    broker_loss.install(broker)
     coordinator = Coordinator(config, broker)
+
     def ready(**_) -> None:
         # Celery logs every success with its whole result (a summary) at INFO; failures stay logged.
         import logging
@@ -80,11 +80,12 @@ def _run_coordinator(config: RunConfig, broker: str, loglevel: str) -> None:
 
     worker_ready.connect(ready, weak=False)
     worker_shutting_down.connect(lambda **_: coordinator.stopping.set(), weak=False)
-    settings = config.jobs
-    # One thread per job held: the running ones and those waiting for a slot (each holds its message).
-    threads = settings.max_running + settings.max_queued
-    app.worker_main([
-        "worker", "--pool", "threads", "--concurrency", str(threads), "--prefetch-multiplier", "1",
-        "--queues", settings.queue, "--hostname", f"{settings.queue}@%h", "--without-mingle", "--without-gossip",
-        "--loglevel", loglevel,
-    ])
+    try:
+        # The job task only queues a job and returns: a couple of threads serve any queue length.
+        app.worker_main([
+            "worker", "--pool", "threads", "--concurrency", str(FRONT_DOOR_THREADS), "--prefetch-multiplier", "1",
+            "--queues", config.jobs.queue, "--hostname", f"{config.jobs.queue}@%h", "--without-mingle",
+            "--without-gossip", "--loglevel", loglevel,
+        ])
+    finally:
+        coordinator.stop()
