@@ -363,7 +363,7 @@ class Run:
         if self.sched.mode not in ("sync", "window"):
             result["batch"] = None
         if result.get("lost") and self.worker_barrier and result.get("batch") is not None:
-            self.barrier(result["batch"]).arrive(self.redis)  # count the lost task in, or its successors wait
+            self.barrier(result["batch"]).arrive(self.redis, item.index)  # count the lost task in, or successors wait
         if not self.record(item, result):
             self.progress.item_done(result.get("batch") if self.round == 0 else None, result.get("device"),
                                     result.get("started_at"), result.get("finished_at"))
@@ -416,7 +416,8 @@ class Run:
         oldest = min(a.batch for a in self.dispatcher.outstanding.values())
         if oldest:
             try:
-                self.barrier(oldest - 1).force_open(self.redis)
+                self.barrier(oldest - 1).force_open(self.redis, [i.index for i in self.round_items[
+                    (oldest - 1) * self.policy.size:oldest * self.policy.size]])
             except redisconn.TRANSIENT:
                 pass
 
