@@ -9,8 +9,11 @@ batch opened, or `force_open` run again.
 
 from __future__ import annotations
 
+import threading
+
 from editbatch import redisconn
 from editbatch.barrier import BatchBarrier
+from editbatch.producer.watch import _payload
 
 PREFIX = "editbatch:run:t:barrier:0"
 
@@ -68,3 +71,50 @@ def test_each_batch_has_its_own_set(redis_url):
     first.arrive(client, 0)
     assert first.is_open(client) and not second.is_open(client)
     assert BatchBarrier.from_dict(first.to_dict()) == first
+
+
+def test_duplicate_arrivals_during_a_sync_run_never_open_a_batch_early(sim_run, sim_cluster, tmp_path):
+    """A thread arrives again for the finished items of the batch under way, and a copy of a finished item's
+    message is put back in its queue (a redelivery): no item of batch k+1 starts before all of batch k finished."""
+    client = redisconn.connect(sim_cluster["url"])
+    stop = threading.Event()
+    seen = {"early": 0, "late": 0, "copies": 0}
+    envelopes: dict[int, tuple[str, bytes]] = {}
+
+    def inject() -> None:
+        while not stop.wait(0.01):
+            for key in client.scan_iter(match="editbatch:run:*:barrier:*:arrived", count=1000):
+                prefix, batch, _ = key.decode().rsplit(":", 2)
+                barrier = BatchBarrier(prefix, int(batch), parties=3, waiters=3)
+                members = client.smembers(key)
+                for member in members:
+                    barrier.arrive(client, int(member))
+                seen["early" if len(members) < 3 else "late"] += len(members)
+            for queue in ("cpu0", "cpu1", "cpu2"):
+                for raw in client.lrange(queue, 0, -1):
+                    payload = _payload(raw)
+                    if payload and isinstance(payload.get("index"), int):
+                        envelopes.setdefault(payload["index"], (queue, raw))
+            out = tmp_path / "out-sync" / "records"
+            for index, (queue, raw) in list(envelopes.items()):
+                if seen["copies"] < 3 and (out / f"item-{index:03d}.json").exists():
+                    client.rpush(queue, raw)  # taken next: a redelivered copy of a finished item
+                    seen["copies"] += 1
+                    del envelopes[index]
+
+    injector = threading.Thread(target=inject, daemon=True)
+    injector.start()
+    try:
+        proc, manifest, summary = sim_run(12, mode="sync", params={"seconds": 0.3, "jitter": 0.6})
+    finally:
+        stop.set()
+        injector.join(5)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert sorted(r["id"] for r in manifest) == [f"item-{i:03d}" for i in range(12)]
+    assert all(r["status"] == "ok" for r in manifest)
+    print(f"duplicate arrivals: {seen['early']} while their batch was incomplete, {seen['late']} after; "
+          f"{seen['copies']} message copies")
+    assert seen["early"] > 0 and seen["copies"] > 0
+    for k in range(1, 4):
+        before = max(r["finished_at"] for r in manifest if r["batch"] == k - 1)
+        assert min(r["started_at"] for r in manifest if r["batch"] == k) >= before, k
