@@ -129,7 +129,7 @@ def test_a_stopped_worker_that_comes_back_cannot_overwrite_its_replacement(worke
         record = ledger.read_record(ledger.record_path(out, row["id"]))
         assert (record["device"], record["started_at"]) == (row["device"], row["started_at"]), (row, record)
     slow = ledger.read_record(ledger.record_path(out, SLOW))
-    assert slow["attempt"] == 2 and slow["pid"] != victim["pid"]  # the replacement's attempt
+    assert slow["pid"] != victim["pid"]  # the replacement's attempt
     assert [p.name for p in (out / ".attempts").iterdir()] == []
     counted = Counter(c["id"] for c in read_jsonl(calls))
     twice = sorted(i for i, n in counted.items() if n > 1)

@@ -31,16 +31,26 @@ CLAIM_POLL_S = 0.5
 
 # KEYS: claim, fence. ARGV: holder, claim TTL, fence TTL.
 # -> {'committed', token} | {'held', token} (ours: new, or a retried call whose reply was lost) | {'busy', holder}
+# A new token is the epoch plus one; an item without an epoch (never claimed, or its state lost with a Redis
+# that kept no data) starts from Redis's clock in milliseconds, so no token is ever handed out twice.
 _TAKE = """
 local committed = redis.call('hget', KEYS[2], 'committed')
 if committed then return {'committed', committed} end
 local holder = redis.call('get', KEYS[1])
 if holder == ARGV[1] then return {'held', redis.call('hget', KEYS[2], 'epoch')} end
 if holder then return {'busy', holder} end
-local token = redis.call('hincrby', KEYS[2], 'epoch', 1)
+local epoch = redis.call('hget', KEYS[2], 'epoch')
+local token
+if epoch then
+  token = tonumber(epoch) + 1
+else
+  local now = redis.call('time')
+  token = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+end
+redis.call('hset', KEYS[2], 'epoch', string.format('%d', token))
 redis.call('expire', KEYS[2], ARGV[3])
 redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return {'held', tostring(token)}
+return {'held', string.format('%d', token)}
 """
 
 

@@ -32,14 +32,16 @@ from ..dataset import output_name
 from ..imageio import save_png
 
 # Commit `token` if it is the item's epoch and nothing is committed; returns the committed token (0: none,
-# and ours is stale).
+# and ours is stale). An item with no epoch at all lost its state (a Redis that kept no data): the first
+# attempt to commit wins, and every other copy then takes its record, so disk and reports still agree.
 _COMMIT = """
 local committed = redis.call('hget', KEYS[1], 'committed')
-if committed then return tonumber(committed) end
-if redis.call('hget', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
-redis.call('hset', KEYS[1], 'committed', ARGV[1])
+if committed then return committed end
+local epoch = redis.call('hget', KEYS[1], 'epoch')
+if epoch and epoch ~= ARGV[1] then return '0' end
+redis.call('hset', KEYS[1], 'epoch', ARGV[1], 'committed', ARGV[1])
 redis.call('expire', KEYS[1], ARGV[2])
-return tonumber(ARGV[1])
+return ARGV[1]
 """
 
 # Forget a commit whose files are gone or are another task's (a folder emptied by hand, another seed).
