@@ -260,3 +260,20 @@ def test_an_item_whose_fence_state_was_lost_still_commits_once(rt, tmp_path):
     rt.redis.delete(holder.item.fence)  # a Redis that kept no data came back
     assert commit.commit(rt.redis, holder.item.fence, token) == token  # the only attempt: it wins
     assert commit.commit(rt.redis, holder.item.fence, token + 5) == token  # any other copy takes its record
+
+
+def test_an_attempt_left_uncommitted_is_adopted_by_the_next_holder(rt, tmp_path):
+    """An edit that finished while its worker could not reach Redis (a killed run) is committed, not redone."""
+    out = tmp_path / "out"
+    task = make_task(out)
+    dead = ghost(rt, task)
+    token = dead.try_take().token
+    record = {"id": task.id, "status": "ok", "seed": task.seed, "output": ledger.image_relpath(task.id),
+              "device": "cpu9", "started_at": 5.0}
+    commit.Attempt(out, task.id, token).write(Image.new("RGB", (8, 8), RED), record)
+    commit.Attempt(out, task.id, token - 1).write(Image.new("RGB", (8, 8), BLUE), {**record, "seed": 99})
+    result = steps.process(task, rt)  # frees the gone holder's claim, then adopts its attempt
+    assert result["status"] == "ok" and result["adopted"] and result["reused"], result
+    assert result["device"] == "cpu9" and result["started_at"] == 5.0 and result["attempt"] == token + 1
+    assert on_disk(out) == ({**record, "attempt": token + 1}, RED)
+    assert attempts_left(out) == [f"item-000.{token - 1}.json", f"item-000.{token - 1}.png"]  # another seed's

@@ -124,6 +124,48 @@ class Attempt:
         return ledger.read_record(self.final_record)
 
 
+def adopt(output_dir: Path, item_id: str, token: int, *, seed: int | None = None,
+          model: dict[str, Any] | None = None) -> tuple[Attempt, dict[str, Any]] | None:
+    """Take over a whole, uncommitted attempt at the item that is older than ours, as attempt `token`.
+
+    An edit that finished while its worker could not commit (Redis gone
+    with a killed run, or its holder replaced) left its files in
+    `.attempts`; the holder of the current claim may commit them instead of
+    computing the item again. Any older attempt is stale, so its holder can
+    only discard it: the image is taken with one rename (whoever loses that
+    race moves on), then the record is written under our token.
+    """
+    folder = output_dir / layout.ATTEMPTS
+    stem = output_name(item_id).removesuffix(".png")
+    older = []
+    for path in folder.glob(f"{stem}.*.json"):
+        mark = path.name[len(stem) + 1:-len(".json")]
+        if mark.isdigit() and int(mark) < token:
+            older.append(Attempt(output_dir, item_id, int(mark)))
+    mine = Attempt(output_dir, item_id, token)
+    for orphan in sorted(older, key=lambda a: -a.token):
+        record = ledger.read_record(orphan.record)
+        if not record or record.get("id") != item_id or record.get("status") != "ok" or not record.get("output"):
+            continue
+        if (seed is not None and record.get("seed") != seed) or (model is not None
+                                                                 and record.get("model") not in (None, model)):
+            continue
+        try:
+            os.replace(orphan.image, mine.image)
+        except FileNotFoundError:
+            continue  # its holder discarded it just now
+        except OSError as exc:
+            raise WriteFailed(f"could not move {orphan.image} to {mine.image}: {_why(exc)}") from None
+        try:
+            write_atomic(mine.record, json.dumps({**record, "attempt": token}) + "\n")
+        except OSError as exc:
+            mine.discard()
+            raise WriteFailed(f"could not write {mine.record}: {_why(exc)}") from None
+        orphan.discard()
+        return mine, {**record, "attempt": token}
+    return None
+
+
 def _move(source: Path, target: Path) -> None:
     try:
         os.replace(source, target)

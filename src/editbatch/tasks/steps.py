@@ -1,7 +1,7 @@
 """The steps of one item on a worker, after the Celery task has decided to run it here.
 
 `process` reads as the chain: wait for the previous batch, check, claim,
-compute, commit, thumbnail, arrive. Each step is a function of the task and
+adopt an attempt left uncommitted or compute, commit, thumbnail, arrive. Each step is a function of the task and
 the worker runtime, usable on its own (tests call them against a real Redis
 and a runtime started in-process). The result is the contract's result dict
 (see contract.py); `status` is "ok" only once the image and record are in
@@ -55,8 +55,9 @@ def process(task: EditTask, rt: "runtime.WorkerRuntime") -> dict[str, Any]:
             reuse(held, result)
         else:
             try:
-                edited = compute(task, rt, result)
-                place(task, rt, held, edited, result)
+                if not adopt(task, rt, held, result):
+                    edited = compute(task, rt, result)
+                    place(task, rt, held, edited, result)
             finally:
                 held.release()
     except commit.WriteFailed as exc:  # a full or read-only disk: one line naming the file is the whole story
@@ -115,22 +116,41 @@ def compute(task: EditTask, rt: "runtime.WorkerRuntime", result: dict[str, Any])
     return Edited(out.image, dict(out.info), list(zip(task.images, images)))
 
 
+def adopt(task: EditTask, rt: "runtime.WorkerRuntime", held: claim.Claim, result: dict[str, Any]) -> bool:
+    """Commit a finished attempt left uncommitted by an earlier holder (see commit.adopt) instead of computing."""
+    found = commit.adopt(Path(task.output_dir), task.id, held.token, seed=task.seed, model=task.model)
+    if found is None:
+        return False
+    attempt, record = found
+    if settle(task, rt, held, attempt, result):
+        reuse(record, result)
+        result["adopted"] = True
+    return True
+
+
 def place(task: EditTask, rt: "runtime.WorkerRuntime", held: claim.Claim, edited: Edited,
           result: dict[str, Any]) -> None:
-    """Commit this attempt and move its files into place; or, if a later claim superseded it, take what
-    the committed attempt made (`superseded: true`)."""
+    """Write this attempt, commit it and move its files into place; or, if a later claim superseded it,
+    take what the committed attempt made (`superseded: true`)."""
     attempt = commit.Attempt(Path(task.output_dir), task.id, held.token)
     info = dict(edited.info)
     done = {**result, "status": "ok", "output": ledger.image_relpath(task.id), "work_s": info.pop("work_s", None),
             "info": info, "attempt": held.token}
     attempt.write(edited.image, {**done, "model": task.model, "run": task.run})
-    won = runtime.keep_retrying(lambda: commit.commit(rt.redis, held.item.fence, held.token))
-    if won == held.token:
-        attempt.move_into_place()
+    if settle(task, rt, held, attempt, result):
         result.update(done)
         # The report's thumbnails, from the images in memory: a report of thousands of items then decodes none.
         write_item_thumbnails(task.output_dir, attempt.final_image, edited.image, edited.inputs)
-        return
+
+
+def settle(task: EditTask, rt: "runtime.WorkerRuntime", held: claim.Claim, attempt: commit.Attempt,
+           result: dict[str, Any]) -> bool:
+    """Commit a written attempt and move it into place (True); if it lost, `result` becomes the committed
+    record's (False). Redis out of reach raises, leaving the attempt for the next holder to adopt."""
+    won = runtime.keep_retrying(lambda: commit.commit(rt.redis, held.item.fence, held.token))
+    if won == held.token:
+        attempt.move_into_place()
+        return True
     attempt.discard()
     result["superseded"] = True
     record = wait_for_commit(task, rt, held.item, won)
@@ -138,6 +158,7 @@ def place(task: EditTask, rt: "runtime.WorkerRuntime", held: claim.Claim, edited
         raise RuntimeError("a later claim of this item superseded this attempt (its worker was judged gone); "
                            "the copy that replaced it reports the item")
     reuse(record, result)
+    return False
 
 
 def wait_for_commit(task: EditTask, rt: "runtime.WorkerRuntime", item: claim.ItemKeys,
