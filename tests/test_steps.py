@@ -273,7 +273,17 @@ def test_an_attempt_left_uncommitted_is_adopted_by_the_next_holder(rt, tmp_path)
     commit.Attempt(out, task.id, token).write(Image.new("RGB", (8, 8), RED), record)
     commit.Attempt(out, task.id, token - 1).write(Image.new("RGB", (8, 8), BLUE), {**record, "seed": 99})
     result = steps.process(task, rt)  # frees the gone holder's claim, then adopts its attempt
-    assert result["status"] == "ok" and result["adopted"] and result["reused"], result
+    assert result["status"] == "ok" and result.get("adopted") and result["reused"], result
     assert result["device"] == "cpu9" and result["started_at"] == 5.0 and result["attempt"] == token + 1
     assert on_disk(out) == ({**record, "attempt": token + 1}, RED)
     assert attempts_left(out) == [f"item-000.{token - 1}.json", f"item-000.{token - 1}.png"]  # another seed's
+
+
+def test_an_attempt_of_another_folder_incarnation_is_never_adopted(rt, tmp_path):
+    out = tmp_path / "out"
+    task = make_task(out, folder="incarnation-2")
+    record = {"id": task.id, "status": "ok", "seed": task.seed, "output": ledger.image_relpath(task.id),
+              "folder": "incarnation-1"}
+    commit.Attempt(out, task.id, 1).write(Image.new("RGB", (8, 8), RED), record)  # left before an --overwrite
+    result = steps.process(task, rt)
+    assert result["status"] == "ok" and not result.get("adopted") and on_disk(out)[1] != RED

@@ -125,7 +125,7 @@ class Attempt:
 
 
 def adopt(output_dir: Path, item_id: str, token: int, *, seed: int | None = None,
-          model: dict[str, Any] | None = None) -> tuple[Attempt, dict[str, Any]] | None:
+          model: dict[str, Any] | None = None, folder: str | None = None) -> tuple[Attempt, dict[str, Any]] | None:
     """Take over a whole, uncommitted attempt at the item that is older than ours, as attempt `token`.
 
     An edit that finished while its worker could not commit (Redis gone
@@ -133,12 +133,12 @@ def adopt(output_dir: Path, item_id: str, token: int, *, seed: int | None = None
     `.attempts`; the holder of the current claim may commit them instead of
     computing the item again. Any older attempt is stale, so its holder can
     only discard it: the image is taken with one rename (whoever loses that
-    race moves on), then the record is written under our token.
+    race moves on), then the record is written under our token. Only an
+    attempt made for the same seed, model and folder incarnation qualifies.
     """
-    folder = output_dir / layout.ATTEMPTS
     stem = output_name(item_id).removesuffix(".png")
     older = []
-    for path in folder.glob(f"{stem}.*.json"):
+    for path in (output_dir / layout.ATTEMPTS).glob(f"{stem}.*.json"):
         mark = path.name[len(stem) + 1:-len(".json")]
         if mark.isdigit() and int(mark) < token:
             older.append(Attempt(output_dir, item_id, int(mark)))
@@ -147,8 +147,8 @@ def adopt(output_dir: Path, item_id: str, token: int, *, seed: int | None = None
         record = ledger.read_record(orphan.record)
         if not record or record.get("id") != item_id or record.get("status") != "ok" or not record.get("output"):
             continue
-        if (seed is not None and record.get("seed") != seed) or (model is not None
-                                                                 and record.get("model") not in (None, model)):
+        if (seed is not None and record.get("seed") != seed) or record.get("folder") != folder \
+                or (model is not None and record.get("model") not in (None, model)):
             continue
         try:
             os.replace(orphan.image, mine.image)

@@ -118,7 +118,8 @@ def compute(task: EditTask, rt: "runtime.WorkerRuntime", result: dict[str, Any])
 
 def adopt(task: EditTask, rt: "runtime.WorkerRuntime", held: claim.Claim, result: dict[str, Any]) -> bool:
     """Commit a finished attempt left uncommitted by an earlier holder (see commit.adopt) instead of computing."""
-    found = commit.adopt(Path(task.output_dir), task.id, held.token, seed=task.seed, model=task.model)
+    found = commit.adopt(Path(task.output_dir), task.id, held.token, seed=task.seed, model=task.model,
+                         folder=task.folder)
     if found is None:
         return False
     attempt, record = found
@@ -136,7 +137,7 @@ def place(task: EditTask, rt: "runtime.WorkerRuntime", held: claim.Claim, edited
     info = dict(edited.info)
     done = {**result, "status": "ok", "output": ledger.image_relpath(task.id), "work_s": info.pop("work_s", None),
             "info": info, "attempt": held.token}
-    attempt.write(edited.image, {**done, "model": task.model, "run": task.run})
+    attempt.write(edited.image, {**done, "model": task.model, "run": task.run, "folder": task.folder})
     if settle(task, rt, held, attempt, result):
         result.update(done)
         # The report's thumbnails, from the images in memory: a report of thousands of items then decodes none.
