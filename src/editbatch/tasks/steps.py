@@ -138,6 +138,8 @@ def place(task: EditTask, rt: "runtime.WorkerRuntime", held: claim.Claim, edited
     done = {**result, "status": "ok", "output": ledger.image_relpath(task.id), "work_s": info.pop("work_s", None),
             "info": info, "attempt": held.token}
     attempt.write(edited.image, {**done, "model": task.model, "run": task.run, "folder": task.folder})
+    if rt.guard is not None:
+        rt.guard.edit_finished()
     if settle(task, rt, held, attempt, result):
         result.update(done)
         # The report's thumbnails, from the images in memory: a report of thousands of items then decodes none.
