@@ -58,12 +58,12 @@ def test_result_inbox_waits_longer_than_the_socket_timeout(redis_url):
 def test_barrier_wait_longer_than_the_socket_timeout(redis_url):
     client = redisconn.connect(redis_url)
     done = BatchBarrier("editbatch:run:t:barrier", 0, parties=2, waiters=1)
-    done.arrive(client)
-    later(LONG - 1, lambda: done.arrive(redisconn.connect(redis_url)))
+    done.arrive(client, 0)
+    later(LONG - 1, lambda: done.arrive(redisconn.connect(redis_url), 1))
     started = time.monotonic()
     assert done.wait(client, timeout_s=LONG + 10)
     assert time.monotonic() - started >= LONG - 1.5
-    # The counter decides, not the token: a second waiter (its token already taken) still passes.
+    # The set of arrivals decides, not the token: a second waiter (its token already taken) still passes.
     assert done.wait(client, timeout_s=1)
     assert not BatchBarrier("editbatch:run:t:barrier", 1, parties=1, waiters=0).wait(client, timeout_s=LONG)
 

@@ -7,12 +7,16 @@ Holding the sync point on the workers takes the producer's round trip
 between batches, while keeping the rule exact: no task of batch k+1 starts
 before every task of batch k finished.
 
-Each batch has two keys: a counter of finished tasks, and a list of start
-tokens, one per task of the next batch, pushed by whoever finishes last.
-The counter decides; a token only wakes a waiter at once. Waiting is a
-blocking pop on the token list in short slices (see redisconn.py), with the
-counter checked between slices, so a wait of any length survives the
-client's socket timeout, a dropped connection or a lost token.
+Each batch has two keys: the set of item indexes that finished, and a list
+of start tokens, one per task of the next batch, pushed by the arrival that
+completes the set. The set decides, and an arrival is idempotent per item: a
+retried arrival (its reply lost), the producer arriving for an item it gave
+up as lost, and a redelivered copy of an item arriving again all count once,
+so batch k+1 never opens before every item of batch k is in. A token only
+wakes a waiter at once. Waiting is a blocking pop on the token list in short
+slices (see redisconn.py), with the set's size checked between slices, so a
+wait of any length survives the client's socket timeout, a dropped
+connection or a lost token.
 """
 
 from __future__ import annotations
@@ -26,28 +30,20 @@ from redis import Redis
 from . import redisconn
 from .keys import BARRIER_TTL_S
 
-# Count an arrival; the last arrival of the batch pushes one token per waiter of the next batch.
+# Count items in (idempotently); the arrival that completes the batch pushes one token per waiter of the next.
+# KEYS: arrived set, open list; ARGV: parties, waiters, ttl, then the indexes arriving.
+# Returns the set's size and how many of the listed items were new.
 _ARRIVE = """
-local n = redis.call('incr', KEYS[1])
+local before = redis.call('scard', KEYS[1])
+for i = 4, #ARGV do redis.call('sadd', KEYS[1], ARGV[i]) end
 redis.call('expire', KEYS[1], ARGV[3])
-if n == tonumber(ARGV[1]) and tonumber(ARGV[2]) > 0 then
+local n = redis.call('scard', KEYS[1])
+local parties = tonumber(ARGV[1])
+if before < parties and n >= parties and tonumber(ARGV[2]) > 0 then
   for i = 1, tonumber(ARGV[2]) do redis.call('rpush', KEYS[2], '1') end
   redis.call('expire', KEYS[2], ARGV[3])
 end
-return n
-"""
-
-
-# Open a batch whose tasks are all accounted for, if arrivals were lost (a Redis restart): idempotent.
-_FORCE_OPEN = """
-local n = tonumber(redis.call('get', KEYS[1]) or '0')
-if n < tonumber(ARGV[1]) then
-  redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[3])
-  for i = 1, tonumber(ARGV[2]) do redis.call('rpush', KEYS[2], '1') end
-  redis.call('expire', KEYS[2], ARGV[3])
-  return 1
-end
-return 0
+return {n, n - before}
 """
 
 
@@ -68,18 +64,23 @@ class BatchBarrier:
     def open_key(self) -> str:
         return f"{self.prefix}:{self.batch}:open"
 
-    def arrive(self, redis: Redis, index: int | None = None) -> int:
-        """Record that one task of this batch finished (ok or not); returns how many have."""
-        return int(redis.eval(_ARRIVE, 2, self.arrived_key, self.open_key, self.parties, self.waiters,
-                              BARRIER_TTL_S))
+    def arrive(self, redis: Redis, index: int) -> int:
+        """Record that item `index` of this batch finished (ok or not); returns how many distinct items have."""
+        return self._add(redis, [index])[0]
 
-    def force_open(self, redis: Redis, indexes=None) -> bool:
-        """Count every party in (the producer knows they all finished); True if arrivals were missing."""
-        return bool(redis.eval(_FORCE_OPEN, 2, self.arrived_key, self.open_key, self.parties, self.waiters,
-                               BARRIER_TTL_S))
+    def force_open(self, redis: Redis, indexes: list[int]) -> bool:
+        """Count every listed item in (the producer knows they all finished); True if some were missing."""
+        return self._add(redis, indexes)[1] > 0
+
+    def _add(self, redis: Redis, indexes: list[int]) -> tuple[int, int]:
+        if not indexes:
+            return int(redis.scard(self.arrived_key)), 0
+        size, added = redis.eval(_ARRIVE, 2, self.arrived_key, self.open_key, self.parties, self.waiters,
+                                 BARRIER_TTL_S, *(int(i) for i in indexes))
+        return int(size), int(added)
 
     def is_open(self, redis: Redis) -> bool:
-        return int(redis.get(self.arrived_key) or 0) >= self.parties
+        return int(redis.scard(self.arrived_key)) >= self.parties
 
     def wait(self, redis: Redis, timeout_s: float, *, stop: Callable[[], bool] | None = None) -> bool:
         """Block until the batch is done (True), or `timeout_s` passes or `stop()` turns true (False)."""

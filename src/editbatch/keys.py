@@ -2,7 +2,7 @@
 
 All keys start with the cluster's namespace, so several teams or test
 sessions can share one Redis. Workers only ever write run keys that start
-with ``<namespace>:run:`` (see `WorkerRuntime.check_key`), whatever a task
+with ``<namespace>:run:`` (see `is_run_key`), whatever a task
 payload says.
 """
 
@@ -53,14 +53,27 @@ def run_state(namespace: str, run_id: str) -> str:
 
 
 CLAIM_TTL_S = 30  # an item claim outlives a dead worker by at most this long
+# The fencing state of an item (epoch, committed attempt) outlives any late holder of a claim: as long as run states.
+ITEM_FENCE_TTL_S = RUN_STATE_TTL_S
 
 
-def item_claim(namespace: str, output_dir: str, item_id: str) -> str:
-    """Held while one worker computes one item of one output folder, whichever run sent it."""
+def _item_digest(output_dir: str, item_id: str, folder: str | None) -> str:
     import hashlib
 
-    digest = hashlib.sha1(f"{output_dir}\0{item_id}".encode()).hexdigest()[:24]
-    return f"{namespace}:claim:{digest}"
+    # `folder`: the folder's incarnation (run.json): an --overwrite starts from fresh keys.
+    scope = f"{output_dir}\0{item_id}" if folder is None else f"{output_dir}\0{folder}\0{item_id}"
+    return hashlib.sha1(scope.encode()).hexdigest()[:24]
+
+
+def item_claim(namespace: str, output_dir: str, item_id: str, folder: str | None = None) -> str:
+    """Held while one worker computes one item of one output folder, whichever run sent it."""
+    return f"{namespace}:claim:{_item_digest(output_dir, item_id, folder)}"
+
+
+def item_fence(namespace: str, output_dir: str, item_id: str, folder: str | None = None) -> str:
+    """The item's fencing state, a hash: `epoch` (the token of the latest claim) and `committed`
+    (the token of the attempt whose files are the item's outputs). See tasks/commit.py."""
+    return f"{namespace}:fence:{_item_digest(output_dir, item_id, folder)}"
 
 
 # ---------------------------------------------------------------- jobs (see jobs/store.py)

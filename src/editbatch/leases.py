@@ -32,10 +32,14 @@ class Lease:
         if not self.redis.set(self.key, self.owner, nx=True, ex=self.ttl_s) \
                 and self.redis.get(self.key) != self.owner.encode():  # ours: a retried SET whose reply was lost
             return False
+        self.keep()
+        return True
+
+    def keep(self) -> None:
+        """Renew the lease in the background from now on (also for a lease taken by a script, see tasks/claim.py)."""
         self._stop.clear()
         self._thread = threading.Thread(target=self._renew, name="editbatch-lease", daemon=True)
         self._thread.start()
-        return True
 
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl_s / 3):
@@ -56,3 +60,7 @@ class Lease:
 
     def holder(self) -> bytes | None:
         return self.redis.get(self.key)
+
+    def free(self, holder: bytes) -> bool:
+        """Delete the lease if `holder` still owns it (a holder judged gone); True if it did."""
+        return bool(self.redis.eval(_RELEASE, 1, self.key, holder))

@@ -1,8 +1,10 @@
 """What an output folder already holds: one record per finished item, written by the worker.
 
-Next to ``images/<name>.png`` the worker writes ``records/<name>.json`` once
-the image is safely in place (both atomically). The records, not the
-producer's manifest, are the ledger of finished work: an item that finished
+Next to ``images/<name>.png`` the worker puts ``records/<name>.json`` once
+the image is in place: both are moved there from the attempt that
+committed the item (see tasks/commit.py), so a record always names the
+image beside it. The records, not the producer's manifest, are the
+ledger of finished work: an item that finished
 while no producer was listening (killed, rebooted) is still found by a
 resume, and a redelivered or resumed copy of a finished item is answered
 from its record instead of being computed again.
@@ -15,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from . import layout
-from .atomicfile import write_atomic
 from .dataset import output_name
 
 RECORDS = layout.RECORDS
@@ -28,12 +29,6 @@ def image_relpath(item_id: str) -> str:
 
 def record_path(output_dir: str | Path, item_id: str) -> Path:
     return Path(output_dir) / RECORDS / (output_name(item_id).removesuffix(".png") + ".json")
-
-
-def write_record(output_dir: str | Path, record: dict[str, Any]) -> None:
-    path = record_path(output_dir, record["id"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(record) + "\n")
 
 
 def read_record(path: Path) -> dict[str, Any] | None:

@@ -42,6 +42,11 @@ class Seen:
         """Takes new items (loaded, not retiring, not switching models)."""
         return self.record is not None and self.record.get("state") == SERVING
 
+    @property
+    def silent(self) -> bool:
+        """No heartbeat: the process is dead, stopped, hung outside Python or cut off (a failed one still speaks)."""
+        return self.record is None
+
     def gone(self, pid: int | None = None) -> str | None:
         """Why this worker (or its process `pid`, when given) is gone; None while it lives."""
         if self.record is None:

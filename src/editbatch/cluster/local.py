@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .. import keys, redisconn
+from .. import keys, liveness, redisconn
 from ..devices import Device
 from ..errors import ClusterError
 from .processes import child_preexec, stop_processes
@@ -126,11 +126,10 @@ class LocalCluster:
             self.say("[editbatch] private Redis did not come back; retrying")
 
     def _keep_workers(self, client) -> None:
-        queues = list(self.workers)
         try:
-            records = dict(zip(queues, client.mget([keys.worker(self.namespace, q) for q in queues])))
+            seen = liveness.look(client, self.namespace, self.workers)
         except redisconn.TRANSIENT:
-            records = None  # Redis away: judge only by the processes
+            seen = None  # Redis away: judge only by the processes
         now = time.monotonic()
         for queue, proc in list(self.workers.items()):
             if self._stop.is_set():
@@ -138,17 +137,16 @@ class LocalCluster:
             if proc.poll() is not None:
                 self._replace(queue, proc.returncode, client)
                 continue
-            if records is None:
+            if seen is None:
                 continue
-            record = json.loads(records[queue]) if records[queue] else None
-            if record and record.get("state") == "ready":
+            if seen[queue].serving:
                 self.loading.discard(queue)
                 self.seen_ready.add(queue)
                 self.silent_since.pop(queue, None)
-            elif record is None and queue in self.seen_ready:
+            elif queue in self.seen_ready and seen[queue].silent:
                 since = self.silent_since.setdefault(queue, now)
-                if now - since > MONITOR_EVERY_S * 3:  # the record already waited out its TTL
-                    self.say(f"[editbatch] {queue} stopped answering (stopped or hung): killing it")
+                if now - since > MONITOR_EVERY_S * 3:  # gone for a while, yet its process lives
+                    self.say(f"[editbatch] {queue} stopped answering ({seen[queue].gone()}): killing it")
                     proc.kill()
 
     def _replace(self, queue: str, code: int | None, client) -> None:

@@ -3,8 +3,8 @@
 The policy decides what to release; this loop only moves messages and
 keeps track of where each item is. Workers tell it when a message reaches
 them ("held") and when its edit starts ("started"); every couple of seconds
-it compares that with the workers' presence records and the queues in
-Redis (see watch.py). An item whose worker is gone, or that is nowhere (its
+it compares that with what `liveness` says of the workers and with the
+queues in Redis (see watch.py). An item whose worker is gone, or that is nowhere (its
 message or result lost in a Redis restart), is settled at once: reused from
 its worker record when it finished, otherwise handed back as lost, to be
 sent again in the run's next round. The task timeout stays as the last
@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from .. import redisconn
+from .. import liveness, redisconn
 from ..errors import RunCancelled
 from ..scheduling import Assignment, Policy
 from .inbox import ResultInbox
@@ -27,7 +27,6 @@ from .watch import RunWatch
 OnResult = Callable[[int, dict[str, Any]], None]
 CHECK_EVERY_S = 2.0
 CONFIRMATIONS = 2  # an item must look lost in this many checks in a row (a result may be in flight)
-GONE = ": worker is gone"  # a device written off for this comes back when its worker does
 
 
 class Dispatcher:
@@ -51,11 +50,13 @@ class Dispatcher:
         self.poll_s = poll_s
         self.outstanding: dict[int, Assignment] = {}
         self.dead: dict[str, str] = {}  # device queue -> why its items fail
+        self.revivable: set[str] = set()  # written off because its worker was gone: back when a worker serves
+        self.seen: dict[str, liveness.Seen] = {}  # the workers at the last check
         self.held_by: dict[int, tuple[str, int | None]] = {}  # ordinal -> (device, worker pid) holding it
         self.pids: dict[str, int] = {}  # device -> pid of the worker serving it now
         self.started: set[int] = set()
         self.suspects: dict[int, int] = {}  # ordinal -> checks in a row in which it looked lost
-        self.as_group = policy.mode == "sync"
+        self.as_group = policy.synchronised  # one Celery group per batch
 
     # ------------------------------------------------------------ moving messages
 
@@ -96,9 +97,11 @@ class Dispatcher:
 
     # ------------------------------------------------------------ where is everything
 
-    def _write_off(self, queue: str, why: str) -> None:
+    def _write_off(self, queue: str, why: str, *, revivable: bool = False) -> None:
         if queue in self.device_queues and queue not in self.dead:
             self.dead[queue] = why
+            if revivable:
+                self.revivable.add(queue)
             if self.watch is not None:
                 try:
                     self.watch.drop_queued(queue)  # a restarted worker must not run them too
@@ -110,6 +113,7 @@ class Dispatcher:
     def _revive(self, queue: str) -> None:
         """A written-off device whose worker was started again and loaded: send to it again."""
         del self.dead[queue]
+        self.revivable.discard(queue)
         if self.on_device_lost:
             self.on_device_lost(queue, -(len(self.device_queues) - len(self.dead)))
 
@@ -120,9 +124,8 @@ class Dispatcher:
             return self.dead.get(a.queue)
         if device in self.dead:
             return self.dead[device]
-        if pid is not None and self.pids.get(device) not in (None, pid):
-            return f"{device}: worker exited (started again since)"
-        return None
+        seen = self.seen.get(device)
+        return seen.gone(pid) if seen is not None else None
 
     def _check(self) -> list[Assignment]:
         """Settle the items of workers that are gone, and items that are nowhere."""
@@ -130,20 +133,24 @@ class Dispatcher:
             self.on_check()
         if self.watch is None:
             return []
+        holders = {device for device, _ in self.held_by.values() if device}
         try:
-            presence = self.watch.presence(self.device_queues)
+            self.seen = self.watch.look(self.device_queues | holders)
             queued = self.watch.queued(self.device_queues)
         except redisconn.TRANSIENT:
             return []  # Redis away: nothing can be judged now
-        for queue, record in presence.items():
-            if record is None:
-                self._write_off(queue, f"{queue}{GONE}")
+        for queue in sorted(self.device_queues):
+            seen = self.seen[queue]
+            if not seen.serving:
+                state = (seen.record or {}).get("state")
+                self._write_off(queue, seen.gone() or f"{queue}: worker is gone (not serving: {state})",
+                                revivable=True)
                 continue
-            if self.dead.get(queue, "").endswith(GONE):
+            if queue in self.revivable:
                 self._revive(queue)
-            elif self.pids.get(queue) not in (None, record.get("pid")) and self.on_device_lost:
+            elif self.pids.get(queue) not in (None, seen.pid) and self.on_device_lost:
                 self.on_device_lost(queue, -(len(self.device_queues) - len(self.dead)))  # restarted between checks
-            self.pids[queue] = record.get("pid")
+            self.pids[queue] = seen.pid
         released = []
         for ordinal, a in list(self.outstanding.items()):
             gone = self._gone_holder(ordinal, a)
@@ -153,7 +160,8 @@ class Dispatcher:
             device = self.held_by.get(ordinal, (None, None))[0]
             index = self.index_of[ordinal]
             if device is not None:
-                running = (presence.get(device) or {}).get("task_index")
+                seen = self.seen.get(device)
+                running = seen.record.get("task_index") if seen is not None and seen.serving else None
                 looks_lost = ordinal in self.started and running != index  # started, then the device moved on
             else:
                 looks_lost = index not in queued  # not held by anyone and not waiting in a queue
@@ -181,6 +189,8 @@ class Dispatcher:
                     self._note(message)
                     continue
                 ordinal = self.ordinal_of.get(message.get("index"))
+                if message.get("superseded") and message.get("status") != "ok":
+                    continue  # a late copy that lost its claim: the copy that replaced it reports the item
                 if ordinal in self.outstanding:  # late copies of settled items are dropped
                     released += self._finish(ordinal, message)
                     last_progress = time.monotonic()

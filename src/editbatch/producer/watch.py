@@ -1,6 +1,6 @@
 """What the producer reads in Redis to tell where its items are.
 
-- the workers' presence records (which devices live, and what each runs);
+- the workers as `liveness` sees them (which devices live, and what each runs);
 - the messages of this run still waiting in the queues (Kombu keeps each
   queue as a Redis list of JSON envelopes whose body holds the task's
   payload), so an item that is neither waiting nor held by a worker is
@@ -18,8 +18,7 @@ from typing import Any, Iterable
 
 from redis import Redis
 
-from .. import ledger
-from ..workers.presence import read_workers
+from .. import ledger, liveness
 
 
 class RunWatch:
@@ -34,10 +33,13 @@ class RunWatch:
         self.model = model
         self.shared = shared  # the shared queue of this run's model
 
+    def look(self, queues: Iterable[str]) -> dict[str, liveness.Seen]:
+        """Each named worker as the one liveness rule sees it now."""
+        return liveness.look(self.redis, self.namespace, queues)
+
     def presence(self, queues: Iterable[str]) -> dict[str, dict[str, Any] | None]:
-        """Presence records of live, serving workers; None for a device whose worker is gone or not serving."""
-        records = read_workers(self.redis, self.namespace, sorted(queues))
-        return {q: r if r and r.get("state") == "ready" else None for q, r in records.items()}
+        """Presence records of serving workers; None for a device whose worker is gone or not serving."""
+        return {q: seen.record if seen.serving else None for q, seen in self.look(queues).items()}
 
     def queued(self, queues: Iterable[str]) -> set[int]:
         """Item indexes of this run whose messages wait in a queue (not yet taken by a worker)."""

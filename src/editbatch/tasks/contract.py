@@ -12,13 +12,16 @@ Payload (version 1)::
      "model": {"type": "qwen_image_edit", "path": "..."},   # optional: refuse other models
      "run": null, "report": null, "submitted_at": null,     # used by `editbatch run`
      "wait_for": null, "arrive_at": null, "wait_timeout_s": null,   # sync-mode batch barrier
-     "timeout_s": null}                                     # longest the edit may run
+     "timeout_s": null,                                     # longest the edit may run
+     "folder": null}                                        # the output folder's incarnation (run.json)
 
 Result::
 
     {"id", "index", "status": "ok" | "failed", "output": "images/cat-01.png" | null,
      "device", "worker", "host", "pid", "batch", "seed", "started_at", "finished_at",
-     "submitted_at", "error": null | str, "info": {...}, "work_s": null | float}
+     "submitted_at", "error": null | str, "info": {...}, "work_s": null | float,
+     "attempt": int,                  # the fencing token of the attempt whose files the item has
+     "reused": true, "superseded": true}   # only when taken from a record, and when this copy lost its claim
 
 ``started_at``/``finished_at`` are epoch seconds taken on the worker around
 the model call. A failed item is a normal result with ``status: failed``;
@@ -56,7 +59,7 @@ class EditTask:
     arrive_at: dict[str, Any] | None = None  # barrier of this item's batch: count in when finished
     wait_timeout_s: float | None = None
     timeout_s: float | None = None  # the edit itself: past this the worker ends itself (threads cannot be killed)
-    folder: str | None = None  # the output folder's incarnation (run.json's folder_id): item claims are keyed by it
+    folder: str | None = None  # the output folder's incarnation: claims of a folder since overwritten do not apply
 
     def to_payload(self) -> dict[str, Any]:
         return {"v": VERSION, **asdict(self)}

@@ -52,6 +52,12 @@ class Guard:
         with self._lock:
             self._task = (item_id, time.monotonic() + timeout_s) if timeout_s else None
 
+    def edit_finished(self) -> None:
+        """The edit and its files are done: the deadline no longer applies (committing may wait on Redis
+        or on the copy that replaced this one, which is not a stuck edit)."""
+        with self._lock:
+            self._task = None
+
     def task_finished(self, error: str | None) -> bool:
         """Count CUDA-type failures in a row; retire after `sick_after` of them (True: retiring now)."""
         with self._lock:

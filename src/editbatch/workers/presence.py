@@ -20,34 +20,55 @@ from ..keys import PRESENCE_TTL_S as TTL_S
 
 
 class Presence:
+    """The worker's record, rewritten by a heartbeat thread until `withdraw`.
+
+    `publish` (task hooks, the guard, model switches) and the beat run on
+    different threads: the record is changed and serialised under one lock,
+    so the beat never writes a record half-updated or fails on a dict that
+    changes while it is read. `withdraw` stops the beat first and deletes
+    after any write in flight, so a withdrawn worker does not come back.
+    """
+
     def __init__(self, redis: Redis, namespace: str, queue: str):
         self.redis = redis
         self.key = keys.worker(namespace, queue)
         self.record: dict[str, Any] = {}
+        self._lock = threading.Lock()  # the record and every SET of it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def publish(self, **fields: Any) -> None:
-        self.record.update(fields)
-        self.redis.set(self.key, json.dumps(self.record), ex=TTL_S)
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._beat, name="editbatch-presence", daemon=True)
-            self._thread.start()
+        with self._lock:
+            if self._stop.is_set():
+                return  # withdrawn: the worker is leaving
+            self.record.update(fields)
+            self.redis.set(self.key, json.dumps(self.record), ex=TTL_S)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._beat, name="editbatch-presence", daemon=True)
+                self._thread.start()
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self.record)
 
     def _beat(self) -> None:
         while not self._stop.wait(BEAT_S):
-            try:
-                # Rewrite rather than expire: the record survives a Redis restart.
-                self.redis.set(self.key, json.dumps(self.record), ex=TTL_S)
-            except Exception:  # noqa: BLE001 - a missed beat is retried on the next one
-                pass
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                try:
+                    # Rewrite rather than expire: the record survives a Redis restart.
+                    self.redis.set(self.key, json.dumps(self.record), ex=TTL_S)
+                except Exception:  # noqa: BLE001 - a missed beat is retried on the next one
+                    pass
 
     def withdraw(self) -> None:
-        self._stop.set()
-        try:
-            self.redis.delete(self.key)
-        except Exception:  # noqa: BLE001 - the TTL removes it anyway
-            pass
+        with self._lock:  # waits for a beat or publish in flight; none writes after this
+            self._stop.set()
+            try:
+                self.redis.delete(self.key)
+            except Exception:  # noqa: BLE001 - the TTL removes it anyway
+                pass
 
 
 def read_workers(redis: Redis, namespace: str, queues: list[str]) -> dict[str, dict[str, Any] | None]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from redis import Redis
 
-from .. import keys, redisconn
+from .. import keys, redisconn, runstate
 from ..config import ClusterConfig, ModelConfig, load_config
 from ..devices import Device, parse_device
 from ..models.base import EditModel
@@ -69,19 +69,12 @@ class WorkerRuntime:
 
     def check_key(self, key: str) -> None:
         """Only run keys of our namespace: a payload must not make us write elsewhere."""
-        if not key.startswith(f"{self.cluster.namespace}:run:"):
+        if not keys.is_run_key(self.cluster.namespace, key):
             raise ValueError(f"key {key!r} is outside namespace {self.cluster.namespace!r}")
 
     def run_ended(self, run_id: str | None) -> bool:
-        """True once the producer of `run_id` has finished, failed or been interrupted.
-
-        Tasks of such a run still queued here (an interrupted run, a test
-        that timed out) are skipped, so they never delay or disturb the next run.
-        """
-        if not run_id or not keys.RUN_ID.match(run_id):
-            return False
-        state = keep_retrying(lambda: self.redis.get(keys.run_state(self.cluster.namespace, run_id)))
-        return state in (b"ended", b"cancelled")
+        """True once `run_id` is over (ended or cancelled): its tasks still queued here are skipped."""
+        return bool(run_id) and keep_retrying(lambda: runstate.is_over(self.redis, self.cluster.namespace, run_id))
 
     def event(self, key: str, kind: str, index: int | None) -> None:
         """Tell the producer where an item is ("held", "started"): one push to the run's inbox."""

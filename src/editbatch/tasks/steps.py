@@ -1,0 +1,202 @@
+"""The steps of one item on a worker, after the Celery task has decided to run it here.
+
+`process` reads as the chain: wait for the previous batch, check, claim,
+adopt an attempt left uncommitted or compute, commit, thumbnail, arrive. Each step is a function of the task and
+the worker runtime, usable on its own (tests call them against a real Redis
+and a runtime started in-process). The result is the contract's result dict
+(see contract.py); `status` is "ok" only once the image and record are in
+place under their final names.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from PIL import Image
+
+from .. import ledger, redisconn
+from ..imageio import load_rgb
+from ..models import identity
+from ..models.base import EditRequest
+from ..report.thumbnails import write_item_thumbnails
+from ..workers import runtime
+from ..workers.roots import confine
+from . import claim, commit, sync_point
+from .contract import EditTask
+
+STOP_POLL_S = 0.5
+# A copy that lost its claim (its worker was judged gone) waits this long at most for the copy that replaced it.
+SUPERSEDED_WAIT_S = 60.0
+REUSED_FIELDS = ("status", "output", "started_at", "finished_at", "work_s", "info", "device", "worker", "host",
+                 "pid", "attempt")
+
+
+@dataclass
+class Edited:
+    """What the model made, with the decoded inputs (for thumbnails)."""
+
+    image: Image.Image
+    info: dict[str, Any]
+    inputs: list[tuple[str, Image.Image]]
+
+
+def process(task: EditTask, rt: "runtime.WorkerRuntime") -> dict[str, Any]:
+    result = new_result(task, rt)
+    try:
+        sync_point.wait_for_previous_batch(task, rt)
+        check_model(task, rt)
+        check_paths(task, rt)
+        held = claim.take(task, rt)
+        if isinstance(held, dict):  # finished before (an earlier run, or another copy of this task)
+            reuse(held, result)
+        else:
+            try:
+                if not adopt(task, rt, held, result):
+                    edited = compute(task, rt, result)
+                    place(task, rt, held, edited, result)
+            finally:
+                held.release()
+    except commit.WriteFailed as exc:  # a full or read-only disk: one line naming the file is the whole story
+        fail(result, str(exc))
+    except Exception as exc:  # noqa: BLE001 - one bad item must not stop the worker
+        fail(result, f"{exc.__class__.__name__}: {exc}", traceback.format_exc(limit=6))
+    finally:
+        sync_point.arrive(task, rt)
+    return result
+
+
+def new_result(task: EditTask, rt: "runtime.WorkerRuntime") -> dict[str, Any]:
+    return {"id": task.id, "index": task.index, "batch": task.batch, "seed": task.seed,
+            "submitted_at": task.submitted_at, **rt.identity,
+            "status": "failed", "output": None, "error": None, "info": {}, "work_s": None,
+            "started_at": None, "finished_at": None}
+
+
+def fail(result: dict[str, Any], error: str, trace: str | None = None) -> None:
+    result.update(status="failed", error=error)
+    if trace:
+        result["traceback"] = trace
+    if result["started_at"] is None:
+        result["started_at"] = result["finished_at"] = time.time()
+
+
+def check_model(task: EditTask, rt: "runtime.WorkerRuntime") -> None:
+    if not identity.matches(task.model, rt.loaded):
+        raise RuntimeError(f"this worker serves {identity.describe(rt.loaded)}, the task asks for "
+                           f"{identity.describe(task.model)} ({identity.difference(task.model, rt.loaded)})")
+
+
+def check_paths(task: EditTask, rt: "runtime.WorkerRuntime") -> None:
+    """Every input and output of the item inside the worker's roots (a payload cannot aim elsewhere)."""
+    out = Path(task.output_dir)
+    confine(task.images, out / ledger.image_relpath(task.id), rt.roots)
+    rt.roots.check_output(ledger.record_path(out, task.id))
+    rt.roots.check_output(commit.Attempt(out, task.id, 0).image)
+
+
+def compute(task: EditTask, rt: "runtime.WorkerRuntime", result: dict[str, Any]) -> Edited:
+    """Load the inputs and run the model; the times of the model call go into `result`."""
+    model = rt.model
+    images = [load_rgb(p, rt.max_pixels) for p in task.images] if model.reads_images else []
+    params = {**rt.model_config.params, **task.params}
+    request = EditRequest(task.id, images, task.instruction, task.seed, params, should_stop=stop_check(task, rt))
+    if task.report:
+        rt.event(task.report, "started", task.index)
+    if rt.guard is not None:
+        rt.guard.task_started(task.id, task.timeout_s)
+    result["started_at"] = time.time()
+    try:
+        out = model.edit(request)
+    finally:
+        result["finished_at"] = time.time()
+    return Edited(out.image, dict(out.info), list(zip(task.images, images)))
+
+
+def adopt(task: EditTask, rt: "runtime.WorkerRuntime", held: claim.Claim, result: dict[str, Any]) -> bool:
+    """Commit a finished attempt left uncommitted by an earlier holder (see commit.adopt) instead of computing."""
+    found = commit.adopt(Path(task.output_dir), task.id, held.token, seed=task.seed, model=task.model,
+                         folder=task.folder)
+    if found is None:
+        return False
+    attempt, record = found
+    if settle(task, rt, held, attempt, result):
+        reuse(record, result)
+        result["adopted"] = True
+    return True
+
+
+def place(task: EditTask, rt: "runtime.WorkerRuntime", held: claim.Claim, edited: Edited,
+          result: dict[str, Any]) -> None:
+    """Write this attempt, commit it and move its files into place; or, if a later claim superseded it,
+    take what the committed attempt made (`superseded: true`)."""
+    attempt = commit.Attempt(Path(task.output_dir), task.id, held.token)
+    info = dict(edited.info)
+    done = {**result, "status": "ok", "output": ledger.image_relpath(task.id), "work_s": info.pop("work_s", None),
+            "info": info, "attempt": held.token}
+    attempt.write(edited.image, {**done, "model": task.model, "run": task.run, "folder": task.folder})
+    if rt.guard is not None:
+        rt.guard.edit_finished()
+    if settle(task, rt, held, attempt, result):
+        result.update(done)
+        # The report's thumbnails, from the images in memory: a report of thousands of items then decodes none.
+        write_item_thumbnails(task.output_dir, attempt.final_image, edited.image, edited.inputs)
+
+
+def settle(task: EditTask, rt: "runtime.WorkerRuntime", held: claim.Claim, attempt: commit.Attempt,
+           result: dict[str, Any]) -> bool:
+    """Commit a written attempt and move it into place (True); if it lost, `result` becomes the committed
+    record's (False). Redis out of reach raises, leaving the attempt for the next holder to adopt."""
+    won = runtime.keep_retrying(lambda: commit.commit(rt.redis, held.item.fence, held.token))
+    if won == held.token:
+        attempt.move_into_place()
+        return True
+    attempt.discard()
+    result["superseded"] = True
+    record = wait_for_commit(task, rt, held.item, won)
+    if record is None:
+        raise RuntimeError("a later claim of this item superseded this attempt (its worker was judged gone); "
+                           "the copy that replaced it reports the item")
+    reuse(record, result)
+    return False
+
+
+def wait_for_commit(task: EditTask, rt: "runtime.WorkerRuntime", item: claim.ItemKeys,
+                    token: int) -> dict[str, Any] | None:
+    """The committed record of the item, waiting a while for the attempt that superseded ours to commit."""
+    deadline = time.monotonic() + min(task.wait_timeout_s or SUPERSEDED_WAIT_S, SUPERSEDED_WAIT_S)
+    while not token:
+        if time.monotonic() > deadline or rt.run_ended(task.run):
+            return None
+        time.sleep(claim.CLAIM_POLL_S)
+        token = runtime.keep_retrying(lambda: commit.committed(rt.redis, item.fence)) or 0
+    return runtime.keep_retrying(lambda: commit.committed_record(
+        rt.redis, item.fence, task.output_dir, task.id, token, seed=task.seed, model=task.model))
+
+
+def reuse(record: dict[str, Any], result: dict[str, Any]) -> None:
+    """The item as it was computed: by whom and when (its times are not this task's)."""
+    for key in REUSED_FIELDS:
+        result[key] = record.get(key)
+    result["reused"] = True
+    result["computed_in_run"] = record.get("run")
+
+
+def stop_check(task: EditTask, rt: "runtime.WorkerRuntime") -> Callable[[], bool]:
+    """`should_stop` for the adapter: asks Redis at most every STOP_POLL_S seconds."""
+    state = {"at": 0.0, "stop": False}
+
+    def should_stop() -> bool:
+        now = time.monotonic()
+        if not state["stop"] and now - state["at"] >= STOP_POLL_S:
+            state["at"] = now
+            try:
+                state["stop"] = rt.run_ended(task.run)
+            except redisconn.TRANSIENT:
+                pass  # keep editing; asked again on a later step
+        return state["stop"]
+
+    return should_stop

@@ -1,0 +1,43 @@
+"""Sync mode on the worker: wait for the previous batch before starting, count this item in when done.
+
+The barrier itself is `barrier.BatchBarrier`; this is the task's side of it,
+with the payload's barrier keys checked against the worker's namespace.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import keys
+from ..barrier import BatchBarrier
+from ..workers import runtime
+from .contract import EditTask
+
+DEFAULT_WAIT_S = 3600.0
+
+
+def barrier_of(data: dict[str, Any], namespace: str) -> BatchBarrier:
+    """The barrier a payload names; only one of some run's keys in our namespace."""
+    barrier = BatchBarrier.from_dict(data)
+    if not keys.is_run_key(namespace, barrier.prefix):
+        raise ValueError(f"key {barrier.prefix!r} is outside namespace {namespace!r}")
+    return barrier
+
+
+def wait_for_previous_batch(task: EditTask, rt: "runtime.WorkerRuntime") -> None:
+    """Return once every item of the previous batch finished; raise when the run ends or time runs out."""
+    if not task.wait_for:
+        return
+    timeout = task.wait_timeout_s or DEFAULT_WAIT_S
+    barrier = barrier_of(task.wait_for, rt.cluster.namespace)
+    if not barrier.wait(rt.redis, timeout, stop=lambda: rt.run_ended(task.run)):
+        if rt.run_ended(task.run):
+            raise RuntimeError(f"run {task.run} ended while this item waited for batch {barrier.batch}")
+        raise TimeoutError(f"batch {barrier.batch} did not finish within {timeout:g}s; not started")
+
+
+def arrive(task: EditTask, rt: "runtime.WorkerRuntime") -> None:
+    """Count this item in at its batch's barrier (ok or not); once per item however often it is called."""
+    if task.arrive_at:
+        barrier = barrier_of(task.arrive_at, rt.cluster.namespace)
+        runtime.keep_retrying(lambda: barrier.arrive(rt.redis, task.index))

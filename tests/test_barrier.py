@@ -1,0 +1,120 @@
+"""The sync-mode batch barrier counts items, not arrivals: every kind of double arrival counts once.
+
+Against a real Redis (the `redis_url` fixture). A batch opens (its tokens are
+pushed) exactly once, when its last distinct item arrives, however often an
+item arrives: a retried call, the producer arriving for an item it gave up as
+lost and the worker arriving later, a redelivered copy arriving after the
+batch opened, or `force_open` run again.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from editbatch import redisconn
+from editbatch.barrier import BatchBarrier
+from editbatch.producer.watch import _payload
+
+PREFIX = "editbatch:run:t:barrier:0"
+
+
+def tokens(client, barrier: BatchBarrier) -> int:
+    return client.llen(barrier.open_key)
+
+
+def test_an_item_arriving_twice_counts_once(redis_url):
+    client = redisconn.connect(redis_url)
+    batch = BatchBarrier(PREFIX, 0, parties=3, waiters=2)
+    assert batch.arrive(client, 10) == 1
+    assert batch.arrive(client, 10) == 1  # the worker's `finally` retried after a lost reply
+    assert batch.arrive(client, 11) == 2
+    assert not batch.is_open(client) and tokens(client, batch) == 0
+    assert batch.arrive(client, 12) == 3
+    assert batch.is_open(client) and tokens(client, batch) == 2
+    assert batch.arrive(client, 12) == 3  # a redelivered copy arriving after the batch opened
+    assert tokens(client, batch) == 2  # no token for a waiter that does not exist
+
+
+def test_the_producer_and_the_worker_arriving_for_one_item_count_once(redis_url):
+    client = redisconn.connect(redis_url)
+    batch = BatchBarrier(PREFIX, 1, parties=2, waiters=2)
+    batch.arrive(client, 4)  # the producer gave item 4 up as lost and counts it in
+    assert batch.arrive(client, 4) == 1  # its worker, paused, comes back and arrives too
+    assert not batch.is_open(client)
+    assert not batch.wait(client, timeout_s=0.3)  # the next batch still waits for item 5
+    batch.arrive(client, 5)
+    assert batch.wait(client, timeout_s=1)
+
+
+def test_force_open_counts_the_listed_items_in_idempotently(redis_url):
+    client = redisconn.connect(redis_url)
+    batch = BatchBarrier(PREFIX, 2, parties=3, waiters=3)
+    batch.arrive(client, 0)
+    assert batch.force_open(client, [0, 1, 2]) is True  # arrivals were missing (a Redis restart lost them)
+    assert batch.is_open(client) and tokens(client, batch) == 3
+    assert batch.force_open(client, [0, 1, 2]) is False  # the next check finds nothing missing
+    assert batch.arrive(client, 1) == 3  # and a late worker arriving changes nothing
+    assert tokens(client, batch) == 3
+
+
+def test_force_open_of_a_predecessor_does_not_open_on_duplicates(redis_url):
+    client = redisconn.connect(redis_url)
+    batch = BatchBarrier(PREFIX, 3, parties=3, waiters=1)
+    assert batch.force_open(client, [7, 7]) is True
+    assert not batch.is_open(client)  # one item twice is one item
+    assert batch.force_open(client, []) is False
+
+
+def test_each_batch_has_its_own_set(redis_url):
+    client = redisconn.connect(redis_url)
+    first, second = BatchBarrier(PREFIX, 4, parties=1, waiters=1), BatchBarrier(PREFIX, 5, parties=1, waiters=0)
+    first.arrive(client, 0)
+    assert first.is_open(client) and not second.is_open(client)
+    assert BatchBarrier.from_dict(first.to_dict()) == first
+
+
+def test_duplicate_arrivals_during_a_sync_run_never_open_a_batch_early(sim_run, sim_cluster, tmp_path):
+    """A thread arrives again for the finished items of the batch under way, and a copy of a finished item's
+    message is put back in its queue (a redelivery): no item of batch k+1 starts before all of batch k finished."""
+    client = redisconn.connect(sim_cluster["url"])
+    stop = threading.Event()
+    seen = {"early": 0, "late": 0, "copies": 0}
+    envelopes: dict[int, tuple[str, bytes]] = {}
+
+    def inject() -> None:
+        while not stop.wait(0.01):
+            for key in client.scan_iter(match="editbatch:run:*:barrier:*:arrived", count=1000):
+                prefix, batch, _ = key.decode().rsplit(":", 2)
+                barrier = BatchBarrier(prefix, int(batch), parties=3, waiters=3)
+                members = client.smembers(key)
+                for member in members:
+                    barrier.arrive(client, int(member))
+                seen["early" if len(members) < 3 else "late"] += len(members)
+            for queue in ("cpu0", "cpu1", "cpu2"):
+                for raw in client.lrange(queue, 0, -1):
+                    payload = _payload(raw)
+                    if payload and isinstance(payload.get("index"), int):
+                        envelopes.setdefault(payload["index"], (queue, raw))
+            out = tmp_path / "out-sync" / "records"
+            for index, (queue, raw) in list(envelopes.items()):
+                if seen["copies"] < 3 and (out / f"item-{index:03d}.json").exists():
+                    client.rpush(queue, raw)  # taken next: a redelivered copy of a finished item
+                    seen["copies"] += 1
+                    del envelopes[index]
+
+    injector = threading.Thread(target=inject, daemon=True)
+    injector.start()
+    try:
+        proc, manifest, summary = sim_run(12, mode="sync", params={"seconds": 0.3, "jitter": 0.6})
+    finally:
+        stop.set()
+        injector.join(5)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert sorted(r["id"] for r in manifest) == [f"item-{i:03d}" for i in range(12)]
+    assert all(r["status"] == "ok" for r in manifest)
+    print(f"duplicate arrivals: {seen['early']} while their batch was incomplete, {seen['late']} after; "
+          f"{seen['copies']} message copies")
+    assert seen["early"] > 0 and seen["copies"] > 0
+    for k in range(1, 4):
+        before = max(r["finished_at"] for r in manifest if r["batch"] == k - 1)
+        assert min(r["started_at"] for r in manifest if r["batch"] == k) >= before, k
