@@ -49,6 +49,23 @@ def test_blocking_pop_outlasts_the_socket_timeout(redis_url):
     assert redisconn.blpop(client, ["later"], LONG + 5) == (b"later", b"x")
 
 
+def test_a_wait_with_a_millisecond_left_ends_on_time(redis_url):
+    """Redis rounds a BLPOP timeout down to whole milliseconds and reads 0 as "forever": a wait whose last
+    slice had under a millisecond left used to block until something was pushed (seen as a stopped worker
+    that the producer did not notice while every other worker waited on it)."""
+    client = redisconn.connect(redis_url)
+    for left in (0.0004, 0.0009, 0.001, 0.0015, 0.005, 0.02):
+        began = time.monotonic()
+        assert redisconn.blpop(client, ["nothing"], left) is None
+        assert time.monotonic() - began < 0.5, f"a wait of {left}s took {time.monotonic() - began:.1f}s"
+    # The same through the producer's inbox: a poll of 1 s returns within about a second, every time.
+    inbox = ResultInbox(client, "inbox")
+    for _ in range(5):
+        began = time.monotonic()
+        assert inbox.get(timeout_s=0.3) == []
+        assert time.monotonic() - began < 1.0
+
+
 def test_result_inbox_waits_longer_than_the_socket_timeout(redis_url):
     inbox = ResultInbox(redisconn.connect(redis_url), "editbatch:run:t:results")
     later(LONG - 1, lambda: redisconn.connect(redis_url).rpush(inbox.key, json.dumps({"index": 3})))

@@ -23,6 +23,10 @@ SOCKET_TIMEOUT_S = 20.0  # one command's reply, never a blocking wait (those use
 CONNECT_TIMEOUT_S = 5.0
 HEALTH_CHECK_S = 10  # ping a connection idle this long before reusing it
 BLOCK_SLICE_S = 2.0  # longest single BLPOP; well under SOCKET_TIMEOUT_S
+# Shortest BLPOP: Redis turns a timeout in seconds into whole milliseconds, rounding down, and a timeout
+# of 0 blocks forever. 0.001 s can round to 0 ms, so a wait that had a millisecond left blocked until
+# something was pushed (a stopped worker then went unnoticed for as long as it was stopped).
+MIN_SLICE_S = 0.01
 RETRY_PAUSE_S = 0.5
 
 TRANSIENT = (RedisConnectionError, RedisTimeoutError)
@@ -48,10 +52,10 @@ def blpop(redis: Redis, keys: list[str], timeout_s: float, *,
     deadline = time.monotonic() + max(0.0, timeout_s)
     while True:
         left = deadline - time.monotonic()
-        if left <= 0:
-            return None
+        if left < MIN_SLICE_S:
+            return None  # the deadline, give or take a few milliseconds
         try:
-            got = redis.blpop(keys, timeout=max(0.001, min(left, BLOCK_SLICE_S)))
+            got = redis.blpop(keys, timeout=min(left, BLOCK_SLICE_S))
         except TRANSIENT:
             time.sleep(min(RETRY_PAUSE_S, max(0.0, deadline - time.monotonic())))
             continue
