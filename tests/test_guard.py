@@ -35,8 +35,11 @@ def test_a_stuck_edit_ends_its_worker_which_is_started_again(tmp_path, sample_im
 
 def test_a_worker_with_a_broken_cuda_context_retires_and_its_items_go_elsewhere(tmp_path, sample_image):
     calls = tmp_path / "calls.jsonl"
+    # Items of 0.3 s: the healthy device still has seconds of work when cpu1 retires, so the run is still
+    # going when the retired worker's process exits (0.3 to 1.3 s after its warm shutdown begins) and the
+    # cluster starts it again: with 0.1 s items the run could end first and the restart go unreported.
     config = auto_config(tmp_path, sample_image, simple_rows(16, sample_image),
-                         params={"seconds": 0.1, "call_log": str(calls), "sticky_fail_after": {"cpu1": 2}},
+                         params={"seconds": 0.3, "call_log": str(calls), "sticky_fail_after": {"cpu1": 2}},
                          schedule={"mode": "balanced", "retries": 4})
     proc = run_cli("run", str(config), "--set", "cluster.sick_after=3", timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]

@@ -108,8 +108,10 @@ def test_workers_write_the_thumbnails_and_the_report_decodes_no_output(sim_run):
     assert len(ok) == 5
     for record in ok:
         thumb = thumbnail_path(out, out / record["output"])
-        # Written before the worker's record, so before the run's report, which then left it as it was.
-        assert thumb.stat().st_mtime_ns <= ledger.record_path(out, record["id"]).stat().st_mtime_ns
+        # Written by the worker once its attempt was committed and before it reported the item, so before the
+        # run's report, which then left it as it was.
+        assert ledger.record_path(out, record["id"]).is_file()
+        assert thumb.stat().st_mtime <= record["reported_at"]
         with Image.open(thumb) as im:
             assert im.format == "JPEG" and max(im.size) <= SIZE
     before = {t: t.stat().st_mtime_ns for t in (out / "report" / "thumbs").iterdir()}

@@ -174,7 +174,7 @@ def test_strict_refuses_invalid_items_before_running(sim_run):
     rows = [{"id": "a", "image": "nowhere.png", "instruction": "x"}]
     proc, manifest, _ = sim_run(rows=rows, extra_args=("--strict",))
     assert proc.returncode == 2 and manifest == []
-    assert "1 invalid item(s) with --strict: a: image file not found" in proc.stderr
+    assert "1 invalid item(s) with --strict: a (line 1): image file not found" in proc.stderr
 
 
 def test_a_lost_or_stuck_task_times_out_and_the_run_completes(sim_run, sample_image):
