@@ -47,7 +47,9 @@ def wait_lines(path, count, timeout=60):
 
 
 def test_a_live_run_holds_its_folder_and_a_killed_one_lets_go(tmp_path, sim_cluster, sample_image):
-    config, calls = config_for(tmp_path, sample_image, sim_cluster["url"], n=12, params={"seconds": 1.0})
+    # 3 s items: the first run still holds the folder while the three refused runs start (seconds each on a
+    # loaded machine); the test checks that it does before each refusal.
+    config, calls = config_for(tmp_path, sample_image, sim_cluster["url"], n=12, params={"seconds": 3.0})
     out = tmp_path / "out"
     first = subprocess.Popen([sys.executable, "-m", "editbatch", "run", str(config)], cwd=REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -55,6 +57,7 @@ def test_a_live_run_holds_its_folder_and_a_killed_one_lets_go(tmp_path, sim_clus
         wait_lines(calls, 2)
         run_id = json.loads((out / "run.json").read_text())["run_id"]
         for extra in ((), ("--resume",), ("--overwrite",)):
+            assert first.poll() is None, "the first run ended before the refusals were tried"
             second = run_cli("run", str(config), *extra, timeout=60)
             assert second.returncode == 2, second.stderr
             lines = second.stderr.strip().splitlines()
