@@ -135,3 +135,36 @@ def wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
         alive = [p for p in alive if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
         time.sleep(0.1)
     return alive
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (root only; skipped with the reason elsewhere): writes to it run out of room."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(folder: Path, leave: int = 0) -> Path:
+    """Fill the file system of `folder` up to `leave` bytes of free space; returns the filler file."""
+    filler = folder / "filler"
+    stat = os.statvfs(folder)
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        left = max(0, stat.f_bavail * stat.f_frsize - leave)
+        while left > 0 and os.write(fd, b"\0" * min(left, 65536)):
+            left -= 65536
+        while not leave and os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass  # full
+    finally:
+        os.close(fd)
+    return filler

@@ -24,7 +24,7 @@ import pytest
 from editbatch.celery_app import make_app
 from editbatch.producer.outputs import read_manifest
 
-from .conftest import REPO, read_jsonl, read_run, run_cli, simple_rows, write_config, write_dataset
+from .conftest import REPO, fill, read_jsonl, read_run, run_cli, simple_rows, write_config, write_dataset
 
 
 def config_for(tmp_path, image, broker, *, n, mode="balanced", params=None, schedule=None, devices=("cpu",) * 3):
@@ -174,26 +174,6 @@ def test_items_nobody_consumes_fail_after_their_attempts(tmp_path, redis_url, lo
     assert not calls.exists()  # nothing was computed
     print(f"4 unconsumed items failed in {took:.1f}s (task_timeout_s=3, retries=1)")
     app.close()
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 1 MiB tmpfs, nearly full: the outputs of a run run out of room after an item or two."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {made.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(disk, leave: int) -> None:
-    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
-    (disk / "filler").write_bytes(b"\0" * max(0, free - leave))
 
 
 def test_a_full_disk_stops_the_run_in_one_line_and_resume_finishes_it(tmp_path, sim_cluster, sample_image,

@@ -24,7 +24,7 @@ from editbatch.tasks import claim, commit, steps
 from editbatch.tasks.contract import EditTask
 from editbatch.workers import runtime
 
-from .conftest import write_config
+from .conftest import fill, write_config
 
 RED, BLUE = (200, 0, 0), (0, 0, 200)
 
@@ -197,33 +197,6 @@ def test_the_previous_batch_is_waited_for(rt, redis_url, tmp_path):
     threading.Timer(0.5, lambda: before.arrive(redisconn.connect(redis_url), 0)).start()
     task.wait_timeout_s = 5
     assert steps.process(task, rt)["status"] == "ok"
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(folder: Path) -> Path:
-    filler = folder / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        while os.write(fd, b"\0" * 4096):
-            pass
-    except OSError:
-        pass  # full
-    finally:
-        os.close(fd)
-    return filler
 
 
 @pytest.mark.parametrize("fault", ["full", "read-only"])

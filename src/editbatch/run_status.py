@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import runstate
+from .humanize import duration
 from .counts import Counts, count
 from .producer.resume import producer_alive
 from .report.run_folder import read_run_folder
@@ -85,13 +86,6 @@ def read_status(run_dir: str, broker: str | None = None) -> RunStatus:
     return status
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
-
-
 def render_status(s: RunStatus) -> str:
     c = s.counts
     done = c.ok + c.failed + c.invalid  # not-run items are not done: a resume runs them
@@ -103,7 +97,7 @@ def render_status(s: RunStatus) -> str:
         f"rate: {s.rate:.2f} items/s" if s.rate else "rate: -",
     ]
     if s.state not in ("finished", "cancelled"):
-        lines.append(f"eta: {_duration(s.eta_s)}" if s.eta_s is not None else "eta: -")
+        lines.append(f"eta: {duration(s.eta_s)}" if s.eta_s is not None else "eta: -")
     lines.append("devices:")
     lines += [f"  {d}: {state}" for d, state in s.devices.items()]
     if s.note:

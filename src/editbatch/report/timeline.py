@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..humanize import duration
 from ..scheduling import MODES, policy_class
 from .run_folder import RunFolder
 
@@ -92,13 +93,6 @@ def _segments(ran: list[dict], loads: list[dict], latest: str | None, since: flo
     return merged
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
-
-
 def build_timeline(run: RunFolder) -> Timeline:
     lanes = {d: Lane(d) for d in run.devices}
     ran = [r for r in run.manifest if r.get("device") and r.get("started_at") is not None
@@ -112,7 +106,7 @@ def build_timeline(run: RunFolder) -> Timeline:
         if k:
             # The pause between two runs (a resume the next morning) is drawn as a short marked break.
             gap = max(BREAK_SHARE * work, 1e-3)
-            breaks.append(Break(pos + gap / 2, f"paused {_duration(seg.start - segments[k - 1].end)}, then "
+            breaks.append(Break(pos + gap / 2, f"paused {duration(seg.start - segments[k - 1].end)}, then "
                                                f"run {seg.run_id or '?'}"))
             pos += gap
         seg.shift = pos - seg.start
