@@ -168,3 +168,14 @@ def fill(folder: Path, leave: int = 0) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+def assert_barrier_held(manifest: list[dict]) -> None:
+    """Sync mode's rule, from the manifest: within each round of each run, no item of batch k started before
+    every item of the batches before it finished (items reused from an earlier run are not timed here)."""
+    computed = [r for r in manifest if not r.get("reused")]
+    for run, round_no in {(r.get("run"), r.get("round")) for r in computed}:
+        mine = [r for r in computed if (r.get("run"), r.get("round")) == (run, round_no)]
+        for k in sorted({r["batch"] for r in mine})[1:]:
+            before = max(r["finished_at"] for r in mine if r["batch"] < k)
+            assert min(r["started_at"] for r in mine if r["batch"] == k) >= before, (run, round_no, k)

@@ -18,7 +18,8 @@ from collections import Counter
 
 import pytest
 
-from .conftest import REPO, read_jsonl, read_run, run_cli, simple_rows, wait_gone, write_config, write_dataset
+from .conftest import (REPO, assert_barrier_held, read_jsonl, read_run, run_cli, simple_rows, wait_gone, write_config,
+                       write_dataset)
 
 MODES = ["sync", "nosync", "balanced", "window"]
 N = 18
@@ -61,12 +62,7 @@ def check_run(out, calls, mode, *, twice_allowed=()):
     twice = {i for i, n in counted.items() if n > 1}
     assert twice <= set(twice_allowed) and max(counted.values()) <= 2, counted
     if mode == "sync":
-        computed = [r for r in manifest if not r["reused"]]
-        for round_no in {r["round"] for r in computed}:
-            mine = [r for r in computed if r["round"] == round_no]
-            for k in sorted({r["batch"] for r in mine})[1:]:
-                before = max(r["finished_at"] for r in mine if r["batch"] < k)
-                assert min(r["started_at"] for r in mine if r["batch"] == k) >= before, (round_no, k)
+        assert_barrier_held(manifest)
     return manifest
 
 

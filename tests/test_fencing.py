@@ -28,7 +28,7 @@ from PIL import Image
 from editbatch import ledger
 from editbatch.devices import expand_devices
 
-from .conftest import REPO, read_jsonl, read_run, simple_rows, write_config, write_dataset
+from .conftest import REPO, assert_barrier_held, read_jsonl, read_run, simple_rows, write_config, write_dataset
 
 DEVICES = ["cpu", "cpu", "cpu"]
 N = 9
@@ -136,10 +136,5 @@ def test_a_stopped_worker_that_comes_back_cannot_overwrite_its_replacement(worke
     print(f"{mode}: computed twice: {twice} ({len(twice)} of {N}); {time.monotonic() - began:.1f}s")
     assert SLOW in twice and max(counted.values()) == 2
     if mode == "sync":
-        computed = [r for r in manifest if not r["reused"]]
-        for round_no in {r["round"] for r in computed}:
-            mine = [r for r in computed if r["round"] == round_no]
-            for k in sorted({r["batch"] for r in mine})[1:]:
-                before = max(r["finished_at"] for r in mine if r["batch"] < k)
-                assert min(r["started_at"] for r in mine if r["batch"] == k) >= before, (round_no, k)
+        assert_barrier_held(manifest)
     assert json.loads((out / "summary.json").read_text())["ok"] == N
