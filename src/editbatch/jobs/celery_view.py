@@ -35,9 +35,13 @@ class CeleryView:
         self.events = events
 
     def progress(self, record: dict[str, Any], counts: dict[str, Any]) -> None:
-        """Best effort: a lost event is replaced by the next one."""
+        """Best effort: a lost event is replaced by the next one.
+
+        Flower's task page and `/api/task/info` show only Celery's own task fields, so the counts also go
+        in `result` as one line (the other fields are stored by Flower but shown nowhere).
+        """
         if self._shows(record):
-            self._send("task-progress", record["id"], retry=False, state="running", **counts)
+            self._send("task-progress", record["id"], retry=False, result=progress_line(counts), **counts)
 
     def ended(self, record: dict[str, Any]) -> None:
         """Store the task's result (summary, or JobFailed with the reason) and tell Flower."""
@@ -47,14 +51,18 @@ class CeleryView:
         try:
             result, state = outcome(record), states.SUCCESS
         except JobFailed as exc:
-            result, state = exc, states.FAILURE
+            # A cancelled job is REVOKED (Flower's word for it); `AsyncResult.get()` raises JobFailed for both.
+            result, state = exc, states.REVOKED if record["state"] == "cancelled" else states.FAILURE
         redisconn.retrying(lambda: self.app.backend.store_result(job_id, result, state), RESULT_RETRY_S)
         if not self._shows(record):
             return
         if state == states.SUCCESS:
             self._send("task-succeeded", job_id, retry=True, result=repr(result), runtime=runtime)
+        elif state == states.REVOKED:
+            self._send("task-revoked", job_id, retry=True, terminated=False, signum=None, expired=False,
+                       result=str(result))
         else:
-            self._send("task-failed", job_id, retry=True, exception=repr(result), traceback="", runtime=runtime)
+            self._send("task-failed", job_id, retry=True, exception=str(result), traceback="", runtime=runtime)
 
     def _shows(self, record: dict[str, Any]) -> bool:
         return self.events and record.get("via") == "celery"
@@ -65,6 +73,13 @@ class CeleryView:
                 dispatcher.send(event, uuid=job_id, retry=retry, retry_policy=EVENT_RETRY, **fields)
         except Exception:  # noqa: BLE001 - Flower's view is best effort; the job record is the truth
             log.warning("job %s: %s event not sent", job_id, event, exc_info=True)
+
+
+def progress_line(counts: dict[str, Any]) -> str:
+    """`running: 5/12 done: 4 ok, 1 failed, 0 invalid, 0 not run, 7 pending`."""
+    total, pending = counts.get("total", 0), counts.get("pending", 0)
+    said = ", ".join(f"{counts.get(k, 0)} {k.replace('_', ' ')}" for k in ("ok", "failed", "invalid", "not_run"))
+    return f"running: {total - pending}/{total} done: {said}, {pending} pending"
 
 
 def outcome(record: dict[str, Any] | None) -> dict[str, Any]:
