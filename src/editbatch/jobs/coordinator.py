@@ -216,6 +216,7 @@ class Coordinator:
             log.info("job %s: accepted (%s, %s, via %s, position %s)", job_id, config.name,
                      identity.describe(identity.model_identity(config.model)), record.get("via"),
                      record.get("position"))
+            self.view.accepted(record)
 
     def start_next(self) -> None:
         """Take the head of the queue while a slot is free and its model matches the running jobs'."""
