@@ -1,7 +1,8 @@
 """The coordinator: takes jobs from the job store and runs them with the producer (`Run`) on warm workers.
 
 One scheduler thread waits on the store (the wake-up list, or a rescan every
-`SCAN_S`) and on each pass:
+`SCAN_S`) and on each pass (every `PRUNE_EVERY_S` it first deletes the
+records of jobs ended more than `jobs.keep_ended_days` ago):
 
 1. renews the lease of every job this coordinator runs (one that another
    coordinator took over is stopped here);
@@ -257,6 +258,7 @@ class Coordinator:
         except Exception as exc:  # noqa: BLE001 - a record nobody could read must not block the queue
             reason = f"job {job_id}: unreadable config ({exc.__class__.__name__}: {exc})"
         log.info("job %s: refused: %s", job_id, reason)
+        self.view.accepted(record)  # Flower learns of it before it fails (jobs that came without Celery)
         self.store.finish(job_id, "failed", error=reason)
         self.view.ended(self.store.get(job_id))
         return None

@@ -131,6 +131,21 @@ return state
 """
 
 
+# Delete an ended job's record if it ended before ARGV[2] (epoch seconds). 1 deleted.
+_PRUNE = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= '"done"' and state ~= '"failed"' and state ~= '"cancelled"' then
+  if not state then redis.call('ZREM', KEYS[2], ARGV[1]) end
+  return 0
+end
+local finished = tonumber(redis.call('HGET', KEYS[1], 'finished_at') or '0') or 0
+if finished >= tonumber(ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+
 class QueueFull(RuntimeError):
     """More than max_queued jobs would wait."""
 
@@ -206,14 +221,15 @@ class JobStore:
         return json.loads(before) if before else None
 
     def prune(self, older_than_s: float) -> list[str]:
-        """Delete the records of jobs that ended more than `older_than_s` ago; their ids."""
+        """Delete the records of jobs that ended more than `older_than_s` ago; their ids.
+
+        Each is checked and deleted in one script, so a job queued again meanwhile (resumed) is kept.
+        """
         cutoff = time.time() - older_than_s
         pruned = []
-        for record in self.list():
-            if record["state"] in FINAL and (record.get("finished_at") or 0) < cutoff:
-                self._call(lambda r=record: self.redis.delete(self._job(r["id"])))
-                self._call(lambda r=record: self.redis.zrem(keys.jobs_all(self.ns), r["id"]))
-                pruned.append(record["id"])
+        for job_id in [i.decode() for i in self._call(lambda: self.redis.zrange(keys.jobs_all(self.ns), 0, -1))]:
+            if self._eval(_PRUNE, [self._job(job_id), keys.jobs_all(self.ns)], job_id, cutoff):
+                pruned.append(job_id)
         return pruned
 
     # ------------------------------------------------------------ coordinators
