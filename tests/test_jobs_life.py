@@ -1,7 +1,7 @@
 """A job's whole life on a service whose workers were started by hand from the cluster config (no dataset):
 submit, an existing id, cancel and resume on its folder, the list, prune; the coordinator's log of it all.
 
-Costs about 35 s on 2 cores (two workers and a coordinator start once; a dozen short jobs).
+Costs about 18 s on 2 cores (two workers and a coordinator start once; a dozen short jobs).
 """
 
 from __future__ import annotations
