@@ -79,3 +79,11 @@ def test_compose_workers_and_coordinator_share_one_config_and_no_password_is_on_
             assert "PASSWORD" not in " ".join(service["command"]), name
     assert services["flower"]["ports"] == ["127.0.0.1:5555:5555"]
     assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"]
+
+
+def test_the_service_config_is_a_worker_config():
+    from editbatch.workers.roots import roots_for
+
+    config = load_config(REPO / "configs" / "service.yaml", check_dataset=False)
+    assert [d.queue for d in config.devices] == [f"gpu{i}" for i in range(6)]
+    assert roots_for(config).outputs == ("/workspace/runs",) and roots_for(config).inputs == ("/workspace/data",)
