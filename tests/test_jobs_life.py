@@ -7,6 +7,7 @@ Costs about 18 s on 2 cores (two workers and a coordinator start once; a dozen s
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from collections import Counter
 import pytest
 import yaml
 
+from editbatch import keys
 from editbatch.jobs.store import JobStore
 
 from .conftest import REPO, read_jsonl, read_run, write_config
@@ -95,9 +97,10 @@ def test_the_job_list_has_a_header_fits_uuids_and_names_failed_and_not_run(servi
 
 def test_prune_deletes_the_records_of_jobs_that_ended_long_ago(service):
     store = JobStore(service.redis, "editbatch")
-    store.create("old-1", {"name": "old"}, max_queued=100)
-    store.finish("old-1", "failed", error="test")
-    service.redis.hset("editbatch:job:old-1", "finished_at", json.dumps(1.0))  # ended in 1970
+    # A record that ended in 1970, written as the store keeps it (never queued: the coordinator leaves it be).
+    fields = {"id": "old-1", "state": "failed", "config": {"name": "old"}, "submitted_at": 0.5, "finished_at": 1.0}
+    service.redis.hset(keys.job("editbatch", "old-1"), mapping={k: json.dumps(v) for k, v in fields.items()})
+    service.redis.zadd(keys.jobs_all("editbatch"), {"old-1": 0.5})
     bad_age = service.cli("jobs", "prune", "--older-than", "a while")
     assert bad_age.returncode == 2 and "--older-than: 'a while' is not an age" in bad_age.stderr
     proc = service.cli("jobs", "prune", "--older-than", "30d")
@@ -112,6 +115,23 @@ def test_a_job_outside_the_roots_is_refused_at_submission(service, sample_image,
     proc = service.cli("submit", str(config))
     assert proc.returncode == 2 and proc.stdout == ""
     assert f"{config}: output_dir: {tmp_path / 'x'} is outside the service's output roots" in proc.stderr
+
+
+def test_a_job_outside_a_live_workers_roots_is_refused_at_submission(service, sample_image):
+    # cpu1's record as a narrower worker would publish it; the worker is paused meanwhile, so that its
+    # heartbeat does not write its own record back (it is not written off: that takes 6 s).
+    record = json.loads(service.redis.get("editbatch:worker:cpu1"))
+    narrow = str((service.root / "runs" / "only-this").resolve())
+    service.workers[1].send_signal(signal.SIGSTOP)
+    try:
+        service.redis.set("editbatch:worker:cpu1", json.dumps({**record, "output_roots": [narrow]}), ex=6)
+        proc = service.cli("submit", str(service.job_config("narrow", 2, sample_image)))
+    finally:
+        service.redis.set("editbatch:worker:cpu1", json.dumps(record), ex=6)  # until its next heartbeat
+        service.workers[1].send_signal(signal.SIGCONT)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+    assert "output_dir: " in proc.stderr and "is outside the roots of worker(s) cpu1 (reads under " in proc.stderr
+    assert f"writes under {narrow})" in proc.stderr
 
 
 def test_the_coordinator_refuses_to_start_beyond_its_workers_roots(service, tmp_path):

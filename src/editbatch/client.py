@@ -18,7 +18,7 @@ import time
 import uuid
 from typing import Any
 
-from . import redisconn, runstate
+from . import liveness, redisconn, runstate
 from .jobs.contract import JobFailed
 from .jobs.store import FINAL, JOB_ID, JobStore, QueueFull
 from .workers.roots import outside_published
@@ -49,9 +49,7 @@ class Client:
         job_id = job_id or uuid.uuid4().hex[:16]
         if not JOB_ID.match(job_id):
             raise ValueError(f"job id {job_id!r}: use 1 to 64 of A-Z a-z 0-9 _ . -")
-        reason = outside_published(config, self.store.settings())
-        if reason:
-            raise JobRefused(reason)
+        self._check_roots(config)
         job = Job(self, job_id)
         job.created = self.store.create(job_id, config, priority=priority)
         return job
@@ -62,15 +60,21 @@ class Client:
         A job still queued or running is left as it is. `config` replaces the job's config (same folder).
         """
         if config is not None:
-            reason = outside_published(config, self.store.settings())
-            if reason:
-                raise JobRefused(reason)
+            self._check_roots(config)
         before = self.store.resume(job_id, config)
         if before is None:
             raise UnknownJob(f"no job {job_id!r}")
         job = Job(self, job_id)
         job.resumed_from = before if before in FINAL else None
         return job
+
+    def _check_roots(self, config: dict[str, Any]) -> None:
+        """Refuse a job the service could not run: outside the coordinator's roots or a live worker's."""
+        settings = self.store.settings()
+        records = redisconn.retrying(lambda: liveness.look(self.redis, self.ns, settings["queues"]), REDIS_RETRY_S)
+        reason = outside_published(config, settings, {q: seen.record for q, seen in records.items()})
+        if reason:
+            raise JobRefused(reason)
 
     def prune(self, older_than_s: float) -> list[str]:
         """Delete the records of jobs that ended more than `older_than_s` seconds ago; their ids."""

@@ -87,7 +87,8 @@ class Coordinator:
     def start(self) -> None:
         """Publish the limits (clients check admission against them) and start scheduling."""
         self.store.publish_settings(max_queued=self.settings.max_queued, max_running=self.settings.max_running,
-                                    input_roots=list(self.roots.inputs), output_roots=list(self.roots.outputs))
+                                    input_roots=list(self.roots.inputs), output_roots=list(self.roots.outputs),
+                                    queues=self.queues)
         self.thread = threading.Thread(target=self._loop, name="editbatch-scheduler", daemon=True)
         self.thread.start()
         log.info("coordinator %s: taking jobs from the store (max_running %d, max_queued %d)", self.owner,

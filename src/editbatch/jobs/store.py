@@ -280,9 +280,10 @@ class JobStore:
                                          keys.jobs_wake(self.ns)], *args))
 
     def publish_settings(self, *, max_queued: int, max_running: int, input_roots: list[str] = (),
-                         output_roots: list[str] = ()) -> None:
-        """What clients check at submission: the queue limit and the folders every job must lie in."""
-        value = json.dumps({"max_queued": max_queued, "max_running": max_running,
+                         output_roots: list[str] = (), queues: list[str] = ()) -> None:
+        """What clients check at submission: the queue limit, the folders every job must lie in, and the
+        workers' queues (whose published roots must hold the job's folders too)."""
+        value = json.dumps({"max_queued": max_queued, "max_running": max_running, "queues": list(queues),
                             "input_roots": list(input_roots), "output_roots": list(output_roots)})
         self._call(lambda: self.redis.set(keys.jobs_settings(self.ns), value))
 
@@ -323,5 +324,6 @@ class JobStore:
         found = json.loads(raw) if raw else {}
         return {"max_queued": int(found.get("max_queued", DEFAULT_MAX_QUEUED)),
                 "max_running": int(found.get("max_running", DEFAULT_MAX_RUNNING)),
+                "queues": list(found.get("queues") or []),
                 "input_roots": list(found.get("input_roots") or []),
                 "output_roots": list(found.get("output_roots") or [])}

@@ -153,12 +153,17 @@ def workers_refusing(records: dict[str, dict | None], inputs: Iterable[str | Pat
     return refusing
 
 
-def outside_published(config: dict, settings: dict) -> str | None:
-    """Client side: why a job's config lies outside the roots its coordinator published, or None."""
+def outside_published(config: dict, settings: dict, workers: dict[str, dict | None] | None = None) -> str | None:
+    """Client side: why a job's config lies outside the roots its coordinator published or those of a live
+    worker (queue -> presence record), or None."""
     dataset = (config.get("dataset") or {}).get("path") if isinstance(config.get("dataset"), dict) else None
+    output = config.get("output_dir")
     if dataset and settings.get("input_roots") and not inside(dataset, settings["input_roots"]):
         return f"dataset.path: {dataset} is outside the service's input roots ({', '.join(settings['input_roots'])})"
-    output = config.get("output_dir")
     if output and settings.get("output_roots") and not inside(output, settings["output_roots"]):
         return f"output_dir: {output} is outside the service's output roots ({', '.join(settings['output_roots'])})"
+    for field, path, reads in (("dataset.path", dataset, True), ("output_dir", output, False)):
+        refusing = workers_refusing(workers or {}, [path] if reads else [], [] if reads else [path]) if path else []
+        if refusing:
+            return f"{field}: {path} is outside the roots of worker(s) {'; '.join(refusing)}"
     return None
