@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ def cmd_submit(args, parser) -> int:
     jobs = []
     for path, config in zip(args.configs, configs):
         try:
-            job = resume_job(client, args.id, config) if args.resume else \
+            job = resume_job(client, args.id, config, args.priority) if args.resume else \
                 client.submit(config, priority=args.priority, job_id=args.id)
         except QueueFull as exc:
             raise EditBatchError(f"{path}: not submitted: {exc}") from None
@@ -75,8 +76,6 @@ def cmd_submit(args, parser) -> int:
 
 def existing(job, path: str) -> None:
     """`submit --id` of a job that exists: say what it is; one that ended is not run again unless resumed."""
-    import sys
-
     from .store import FINAL
 
     record = job.status()
@@ -87,10 +86,8 @@ def existing(job, path: str) -> None:
     print(f"editbatch: job {job.id} exists already ({record['state']}); not submitted again", file=sys.stderr)
 
 
-def resume_job(client, job_id: str, config: dict[str, Any] | None = None):
+def resume_job(client, job_id: str, config: dict[str, Any] | None = None, priority: int = 0):
     """Queue an ended job again on its folder; one queued or running is left as it is (said on stderr)."""
-    import sys
-
     from ..client import UnknownJob
 
     try:
@@ -98,8 +95,8 @@ def resume_job(client, job_id: str, config: dict[str, Any] | None = None):
     except UnknownJob:
         if config is None:
             raise ConfigError(job_id, None, "no such job to resume") from None
-        job = client.submit(config, job_id=job_id)  # a first submission: `submit --resume` can be run again
-        return job
+        # A first submission: a `submit --resume` that is run again after a failure finds it then.
+        return client.submit(config, priority=priority, job_id=job_id)
     if job.resumed_from is None:
         print(f"editbatch: job {job_id} is {job.status()['state']}; nothing to resume", file=sys.stderr)
     else:

@@ -124,7 +124,7 @@ if not state then return false end
 if state ~= '"done"' and state ~= '"failed"' and state ~= '"cancelled"' then return state end
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'config', ARGV[3]) end
 redis.call('HSET', KEYS[1], 'state', '"queued"', 'cancel_requested', 'false', 'error', 'null', 'finished_at', 'null',
-           'resumed_at', ARGV[2], 'resume', 'true')
+           'resumed_at', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
 """ + _WAKE.format(n=3) + """
 return state
