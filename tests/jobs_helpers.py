@@ -28,16 +28,23 @@ class Service:
         (root / "runs").mkdir(exist_ok=True)
         self.devices = devices
         self.proc: subprocess.Popen | None = None
+        self.workers: list[subprocess.Popen] = []  # started by hand (editbatch worker), not by serve
         self.redis = connect(self.url)
 
     @property
     def env(self) -> dict:
         return {**os.environ, "EDITBATCH_BROKER": self.url}
 
-    def start(self, timeout: float = 120) -> None:
+    def start(self, timeout: float = 120, *, workers_by_hand: bool = False) -> None:
+        """`serve --start-workers`, or (`workers_by_hand`) `editbatch worker --config CLUSTER --device N` each,
+        then `serve` alone: the workers load the cluster config, which has no dataset."""
+        if workers_by_hand:
+            for i in range(len(self.devices)):
+                self.start_worker(f"cpu{i}")
         log = (self.root / "serve.log").open("ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "editbatch", "serve", "--config", str(self.config),
-                                      "--start-workers", "--log-dir", str(self.root / "logs")],
+                                      *([] if workers_by_hand else ["--start-workers"]),
+                                      "--log-dir", str(self.root / "logs")],
                                      env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + timeout
@@ -51,7 +58,24 @@ class Service:
             time.sleep(0.2)
         raise AssertionError("service not ready: " + self.log())
 
+    def start_worker(self, device: str) -> subprocess.Popen:
+        log = (self.root / f"worker-{device}.log").open("ab")
+        proc = subprocess.Popen([sys.executable, "-m", "editbatch", "worker", "--config", str(self.config),
+                                 "--device", device], env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.workers.append(proc)
+        return proc
+
     def stop(self, sig=signal.SIGTERM) -> None:
+        for worker in self.workers:
+            if worker.poll() is None:
+                worker.terminate()
+        for worker in self.workers:
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:

@@ -62,3 +62,28 @@ def test_compose_runs_the_coordinator_with_a_valid_cluster_config(monkeypatch):
     monkeypatch.setenv("EDITBATCH_BROKER", "redis://:x@redis:6379/0")
     config = load_cluster_config(REPO / command[command.index("--config") + 1].replace("/workspace/", ""))
     assert [d.queue for d in config.devices] == [f"gpu{i}" for i in range(6)] and config.jobs.max_queued == 100
+
+
+def test_compose_workers_and_coordinator_share_one_config_and_no_password_is_on_a_command_line():
+    """The structure the rehearsal (test_compose_rehearsal.py) relies on, checked without starting anything."""
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+
+    def config_of(name):
+        command = services[name]["command"]
+        return command[command.index("--config") + 1]
+
+    workers = [n for n in services if n.startswith("worker-gpu")]
+    assert {config_of(n) for n in workers} == {config_of("coordinator")}
+    for name, service in services.items():
+        if name != "redis":  # Redis gets its password on stdin, from its environment
+            assert "PASSWORD" not in " ".join(service["command"]), name
+    assert services["flower"]["ports"] == ["127.0.0.1:5555:5555"]
+    assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"]
+
+
+def test_the_service_config_is_a_worker_config():
+    from editbatch.workers.roots import roots_for
+
+    config = load_config(REPO / "configs" / "service.yaml", check_dataset=False)
+    assert [d.queue for d in config.devices] == [f"gpu{i}" for i in range(6)]
+    assert roots_for(config).outputs == ("/workspace/runs",) and roots_for(config).inputs == ("/workspace/data",)

@@ -102,14 +102,19 @@ def test_cancel_stops_one_job_and_a_queued_one_never_starts(service, sample_imag
 
 
 def test_a_job_outside_the_roots_or_with_a_bad_config_fails_with_one_line(service, sample_image, tmp_path):
-    from editbatch.client import Client, JobFailed
+    from editbatch.client import Client, JobFailed, JobRefused
 
     client = Client(service.url)
     config = {"name": "outside", "dataset": {"path": str(service.root / "data" / "cli-0" / "dataset.jsonl")},
               "output_dir": str(tmp_path / "elsewhere"), "model": {"type": "simulated", "path": "sim"}}
-    job = client.submit(config)
+    # The client refuses it against the roots the coordinator published; nothing is queued.
+    with pytest.raises(JobRefused, match=r"^output_dir: .* is outside the service's output roots"):
+        client.submit(config, job_id="outside-1")
+    assert client.store.get("outside-1") is None
+    # Queued past the client (an older client, a raw store write), the coordinator refuses it with one line.
+    client.store.create("outside-2", config)
     with pytest.raises(JobFailed, match=r"output_dir: .* is outside the coordinator's output roots"):
-        job.wait(timeout=30)
+        client.job("outside-2").wait(timeout=30)
     assert not (tmp_path / "elsewhere").exists()
     bad = client.submit({**config, "output_dir": str(service.root / "runs" / "bad"), "schedule": {"mdoe": "sync"}})
     with pytest.raises(JobFailed, match=r"^job \w+: schedule.mdoe: unknown key; did you mean 'mode'\?$"):

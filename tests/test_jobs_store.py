@@ -131,3 +131,23 @@ def test_the_end_of_an_attempt_whose_job_was_taken_over_is_not_written(store):
     assert store.get("f")["state"] == "running" and store.running() == ["f"]
     assert store.finish("f", "done", run_id="run-f2") is True
     assert store.get("f")["state"] == "done" and store.get("f")["error"] is None and store.running() == []
+
+
+def test_only_an_ended_job_is_queued_again_and_prune_takes_only_old_ended_ones(store):
+    for job_id in ("ended", "running", "queued"):
+        store.create(job_id, {"name": job_id}, max_queued=10)
+    assert take(store, "ended") == "taken" and take(store, "running") == "taken"
+    store.finish("ended", "cancelled", error="job cancelled", run_id="run-ended")
+    assert store.resume("running") == "running" and store.resume("queued") == "queued"
+    assert store.resume("nobody") is None
+    assert store.resume("ended", {"name": "new"}) == "cancelled"
+    record = store.get("ended")
+    assert record["state"] == "queued" and record["config"] == {"name": "new"} and record["error"] is None
+    assert not store.cancel_requested("ended") and store.queued() == ["queued", "ended"]
+    # Taken again, it runs as a resume (attempts > 1) on the same record.
+    store.request_cancel("queued")
+    assert take(store, "ended") == "taken" and store.get("ended")["attempts"] == 2
+    store.finish("ended", "done", run_id="run-ended")
+    assert store.prune(3600) == []  # ended just now
+    assert sorted(store.prune(0)) == ["ended", "queued"]  # both ended; the running one stays
+    assert [r["id"] for r in store.list()] == ["running"]

@@ -101,10 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
     submit.add_argument("--id", default=None, help="your own job id (submitting it again is harmless)")
     submit.add_argument("--wait", action="store_true", help="wait until the jobs end")
+    submit.add_argument("--resume", action="store_true",
+                        help="with --id: finish that ended (cancelled, failed) job on its folder, reusing finished "
+                             "items; submits it if no such job exists")
     submit.add_argument("--broker", default=None, help="redis URL (default: EDITBATCH_BROKER)")
     _add_cluster(submit)
 
-    jobs = sub.add_parser("jobs", help="list jobs")
+    jobs = sub.add_parser("jobs", help="list jobs (default), resume one, or prune old records")
+    jobs.add_argument("action", nargs="?", choices=["list", "resume", "prune"], default="list")
+    jobs.add_argument("job", nargs="?", help="jobs resume: the job id")
+    jobs.add_argument("--older-than", metavar="AGE", help="jobs prune: ended more than AGE ago (30d, 12h, 45m)")
     jobs.add_argument("--state", choices=["queued", "running", "done", "failed", "cancelled"])
     jobs.add_argument("--broker", default=None, help="redis URL (default: EDITBATCH_BROKER)")
     _add_cluster(jobs)
@@ -250,7 +256,7 @@ def _cmd_jobs(args, parser) -> int:
     if args.command == "submit":
         return commands.cmd_submit(args, parser)
     if args.command == "jobs":
-        return commands.cmd_jobs(args)
+        return commands.cmd_jobs(args, parser)
     return commands.cmd_wait(args)
 
 

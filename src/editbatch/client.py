@@ -18,17 +18,22 @@ import time
 import uuid
 from typing import Any
 
-from . import redisconn, runstate
+from . import liveness, redisconn, runstate
 from .jobs.contract import JobFailed
 from .jobs.store import FINAL, JOB_ID, JobStore, QueueFull
+from .workers.roots import outside_published
 
 REDIS_RETRY_S = 10.0  # a call rides out a short Redis restart, then fails with the connection error
 
-__all__ = ["Client", "Job", "JobFailed", "QueueFull", "UnknownJob", "submit", "list_jobs"]
+__all__ = ["Client", "Job", "JobFailed", "JobRefused", "QueueFull", "UnknownJob", "submit", "list_jobs"]
 
 
 class UnknownJob(LookupError):
     """No job with this id in this namespace."""
+
+
+class JobRefused(ValueError):
+    """The job lies outside the folders the service's workers may use; nothing was queued."""
 
 
 class Client:
@@ -44,8 +49,36 @@ class Client:
         job_id = job_id or uuid.uuid4().hex[:16]
         if not JOB_ID.match(job_id):
             raise ValueError(f"job id {job_id!r}: use 1 to 64 of A-Z a-z 0-9 _ . -")
-        self.store.create(job_id, config, priority=priority)
-        return Job(self, job_id)
+        self._check_roots(config)
+        job = Job(self, job_id)
+        job.created = self.store.create(job_id, config, priority=priority)
+        return job
+
+    def resume(self, job_id: str, config: dict[str, Any] | None = None) -> "Job":
+        """Queue an ended (cancelled, failed, done) job again: it finishes on its folder, reusing finished items.
+
+        A job still queued or running is left as it is. `config` replaces the job's config (same folder).
+        """
+        if config is not None:
+            self._check_roots(config)
+        before = self.store.resume(job_id, config)
+        if before is None:
+            raise UnknownJob(f"no job {job_id!r}")
+        job = Job(self, job_id)
+        job.resumed_from = before if before in FINAL else None
+        return job
+
+    def _check_roots(self, config: dict[str, Any]) -> None:
+        """Refuse a job the service could not run: outside the coordinator's roots or a live worker's."""
+        settings = self.store.settings()
+        records = redisconn.retrying(lambda: liveness.look(self.redis, self.ns, settings["queues"]), REDIS_RETRY_S)
+        reason = outside_published(config, settings, {q: seen.record for q, seen in records.items()})
+        if reason:
+            raise JobRefused(reason)
+
+    def prune(self, older_than_s: float) -> list[str]:
+        """Delete the records of jobs that ended more than `older_than_s` seconds ago; their ids."""
+        return self.store.prune(older_than_s)
 
     def job(self, job_id: str) -> "Job":
         if self.store.get(job_id) is None:
@@ -63,6 +96,8 @@ class Job:
     def __init__(self, client: Client, job_id: str):
         self.client = client
         self.id = job_id
+        self.created = False  # by this submit (False: the id named an existing job)
+        self.resumed_from: str | None = None  # by resume: the ended state it was queued again from
 
     def status(self) -> dict[str, Any]:
         record = self.client.store.get(self.id)

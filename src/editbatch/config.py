@@ -148,6 +148,7 @@ class JobsConfig(_Strict):
     max_running: int = Field(default=1, ge=1, le=16, description="jobs run at the same time")
     max_queued: int = Field(default=100, ge=1, le=10000, description="jobs waiting; more are refused at submit")
     queue: str = Field(default="jobs", pattern=r"^[A-Za-z0-9_.-]+$", description="the coordinator's Celery queue")
+    keep_ended_days: float = Field(default=30, gt=0, description="records of ended jobs are deleted after this long")
 
 
 class RunConfig(_Strict):
@@ -201,7 +202,33 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else None
         raise ConfigError(source, where, f"not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not check_dataset and isinstance(data, dict):
+        data = worker_placeholders(data, path)
     return config_from_mapping(data, source, overrides, check_dataset=check_dataset)
+
+
+PLACEHOLDER_DATASET = "no-dataset.jsonl"  # a worker or cluster config reads no dataset of its own
+
+
+def worker_placeholders(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A worker's (or `serve`'s) config may leave out the dataset and the output folder: jobs bring theirs.
+
+    Its roots then say where tasks may read and write (see workers/roots.py); without a dataset or roots
+    a worker could read nothing, so the missing roots are named instead of a missing dataset.
+    """
+    data = dict(data)
+    cluster = data.get("cluster") if isinstance(data.get("cluster"), dict) else {}
+    if "dataset" not in data:
+        if not cluster.get("input_roots"):
+            raise ConfigError(str(path), "dataset", "required but missing (a worker config without a dataset "
+                                                    "needs cluster.input_roots and cluster.output_roots)")
+        data["dataset"] = {"path": str(Path(path).resolve().parent / PLACEHOLDER_DATASET)}
+    if "output_dir" not in data:
+        if not cluster.get("output_roots"):
+            raise ConfigError(str(path), "output_dir", "required but missing (a worker config without an "
+                                                       "output_dir needs cluster.output_roots)")
+        data["output_dir"] = str(Path(path).resolve().parent / "runs")
+    return data
 
 
 def config_from_mapping(data: Any, source: str, overrides: list[str] | tuple[str, ...] = (), *,
@@ -232,27 +259,35 @@ def validate_config(data: dict[str, Any], source: str) -> RunConfig:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
-        # A misspelled key also leaves the real one missing: name the misspelling, it has the hint.
-        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-        field = ".".join(str(p) for p in err["loc"]) or None
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            message = "unknown key"
-            parent_loc, key = err["loc"][:-1], str(err["loc"][-1])
-            known = _known_keys(parent_loc)
-            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-            if close:
-                message += f"; did you mean {close[0]!r}?"
-            elif known:
-                message += f" (allowed: {', '.join(known)})"
-        elif err["type"] == "missing":
-            message = "required but missing"
-        elif "input" in err and err["type"] not in ("value_error",) and not isinstance(err["input"], dict):
-            message += f" (got {err['input']!r})"
-        extra = len(exc.errors()) - 1
-        if extra:
-            message += f" [and {extra} more problem{'s' if extra > 1 else ''}]"
+        # A misspelled key also leaves the real one missing: name the misspelling first, it has the hint.
+        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+        ordered = [first, *(e for e in errors if e is not first)]
+        field, message = _describe(ordered[0])
+        # One line, every problem on it: fixing one at a time and running again is slow.
+        others = [f"{f}: {m}" if f else m for f, m in map(_describe, ordered[1:])]
+        if others:
+            message += "; and " + "; ".join(others)
         raise ConfigError(source, field, message) from None
+
+
+def _describe(err: dict[str, Any]) -> tuple[str | None, str]:
+    """One pydantic error as (field, message)."""
+    field = ".".join(str(p) for p in err["loc"]) or None
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "unknown key"
+        parent_loc, key = err["loc"][:-1], str(err["loc"][-1])
+        known = _known_keys(parent_loc)
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        if close:
+            message += f"; did you mean {close[0]!r}?"
+        elif known:
+            message += f" (allowed: {', '.join(known)})"
+    elif err["type"] == "missing":
+        message = "required but missing"
+    elif "input" in err and err["type"] not in ("value_error",) and not isinstance(err["input"], dict):
+        message += f" (got {err['input']!r})"
+    return field, message
 
 
 def _known_keys(loc: tuple) -> list[str]:

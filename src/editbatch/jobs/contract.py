@@ -19,9 +19,10 @@ The task puts the job into the job store and returns at once, so no
 message is held while the job waits or runs; the coordinator stores the
 task's result under the job id when the job ends (`AsyncResult(id).get()`
 waits for it). Result: the run's summary (the content of ``summary.json``)
-plus ``job`` (the id), ``output_dir`` and ``state: done``. A job that is
-refused, fails or is cancelled makes the task fail with a one-line message
-(`JobFailed`). Submitting the same task id twice runs the job once; both
+plus ``job`` (the id), ``output_dir`` and ``state: done`` (SUCCESS, also
+when some items failed: the summary counts them). A job that is refused or
+fails ends FAILURE, a cancelled one REVOKED; for both, ``get()`` raises
+`JobFailed` with a one-line message. Submitting the same task id twice runs the job once; both
 read its result.
 """
 

@@ -1,7 +1,8 @@
 """The coordinator: takes jobs from the job store and runs them with the producer (`Run`) on warm workers.
 
 One scheduler thread waits on the store (the wake-up list, or a rescan every
-`SCAN_S`) and on each pass:
+`SCAN_S`) and on each pass (every `PRUNE_EVERY_S` it first deletes the
+records of jobs ended more than `jobs.keep_ended_days` ago):
 
 1. renews the lease of every job this coordinator runs (one that another
    coordinator took over is stopped here);
@@ -29,12 +30,12 @@ import time
 import uuid
 from typing import Any
 
-from .. import redisconn, runstate
+from .. import liveness, redisconn, runstate
 from ..celery_app import make_app
 from ..config import RunConfig, config_from_mapping
-from ..errors import ConfigError, EditBatchError
+from ..errors import ClusterError, ConfigError, EditBatchError
 from ..models import identity
-from ..workers.roots import Roots, inside
+from ..workers.roots import Roots, inside, workers_refusing
 from .celery_view import CeleryView, outcome
 from .contract import JobFailed, check_kwargs
 from .runner import JobRun
@@ -46,6 +47,7 @@ SCAN_S = 2.0  # longest wait between passes; well inside the job lease (keys.JOB
 ADMIT_PER_PASS = 50  # new queued jobs checked per pass, so that a long queue never delays the leases
 # How long the coordinator's own writes ride out a restart of Redis (AOF reload included).
 REDIS_RETRY_S = 120.0
+PRUNE_EVERY_S = 600.0  # how often ended job records older than jobs.keep_ended_days are deleted
 STOP_JOIN_S = 50.0  # how long a stopping coordinator waits for its running jobs to stop (compose: 1 min)
 
 _current: "Coordinator | None" = None
@@ -77,13 +79,16 @@ class Coordinator:
         self.admitted: dict[str, tuple[RunConfig, str]] = {}  # queued job id -> checked config, model key
         self.waiting_logged: tuple[str, tuple[str, ...]] | None = None
         self.thread: threading.Thread | None = None
+        self.pruned_at = 0.0
         _current = self
 
     # ------------------------------------------------------------ life
 
     def start(self) -> None:
         """Publish the limits (clients check admission against them) and start scheduling."""
-        self.store.publish_settings(max_queued=self.settings.max_queued, max_running=self.settings.max_running)
+        self.store.publish_settings(max_queued=self.settings.max_queued, max_running=self.settings.max_running,
+                                    input_roots=list(self.roots.inputs), output_roots=list(self.roots.outputs),
+                                    queues=self.queues)
         self.thread = threading.Thread(target=self._loop, name="editbatch-scheduler", daemon=True)
         self.thread.start()
         log.info("coordinator %s: taking jobs from the store (max_running %d, max_queued %d)", self.owner,
@@ -102,6 +107,19 @@ class Coordinator:
         for run in runs:
             run.thread.join(max(0.0, deadline - time.monotonic()))
 
+    def check_workers(self) -> None:
+        """Refuse to serve when a live worker may not touch every folder this coordinator accepts jobs in."""
+        refusing = workers_refusing(self._worker_records(), self.roots.inputs, self.roots.outputs)
+        if refusing:
+            raise ClusterError(
+                f"the coordinator accepts jobs reading under {', '.join(self.roots.inputs)} and writing under "
+                f"{', '.join(self.roots.outputs)}, but worker(s) {'; '.join(refusing)} may not: start the workers "
+                "with the coordinator's config (editbatch worker --config CLUSTER.yaml --device N) or widen "
+                "their cluster.input_roots / output_roots")
+
+    def _worker_records(self) -> dict[str, dict | None]:
+        return {q: seen.record for q, seen in liveness.look(self.redis, self.ns, self.queues).items()}
+
     def job_ended(self, job_id: str) -> None:
         with self.lock:
             self.active.pop(job_id, None)
@@ -118,6 +136,7 @@ class Coordinator:
                 self.stopping.wait(SCAN_S)
 
     def schedule_once(self) -> None:
+        self.prune_ended()
         self.keep_leases()
         self.adopt_orphans()
         self.admit_new()
@@ -140,6 +159,15 @@ class Coordinator:
         return outcome(record) if record["state"] in FINAL else None
 
     # ------------------------------------------------------------ the scheduler's steps
+
+    def prune_ended(self) -> None:
+        if time.monotonic() - self.pruned_at < PRUNE_EVERY_S and self.pruned_at:
+            return
+        self.pruned_at = time.monotonic()
+        pruned = self.store.prune(self.settings.keep_ended_days * 86400)
+        if pruned:
+            log.info("deleted %d job record(s) that ended more than %g days ago", len(pruned),
+                     self.settings.keep_ended_days)
 
     def keep_leases(self) -> None:
         with self.lock:
@@ -190,6 +218,7 @@ class Coordinator:
             log.info("job %s: accepted (%s, %s, via %s, position %s)", job_id, config.name,
                      identity.describe(identity.model_identity(config.model)), record.get("via"),
                      record.get("position"))
+            self.view.accepted(record)
 
     def start_next(self) -> None:
         """Take the head of the queue while a slot is free and its model matches the running jobs'."""
@@ -230,6 +259,7 @@ class Coordinator:
         except Exception as exc:  # noqa: BLE001 - a record nobody could read must not block the queue
             reason = f"job {job_id}: unreadable config ({exc.__class__.__name__}: {exc})"
         log.info("job %s: refused: %s", job_id, reason)
+        self.view.accepted(record)  # Flower learns of it before it fails (jobs that came without Celery)
         self.store.finish(job_id, "failed", error=reason)
         self.view.ended(self.store.get(job_id))
         return None
@@ -265,6 +295,12 @@ class Coordinator:
         if not inside(config.output_dir, self.roots.outputs):
             raise ConfigError(source, "output_dir", f"{config.output_dir} is outside the coordinator's output "
                                                     f"roots ({', '.join(self.roots.outputs)})")
+        records = self._worker_records()
+        for field, path, refusing in (
+                ("dataset.path", config.dataset.path, workers_refusing(records, [config.dataset.path], [])),
+                ("output_dir", config.output_dir, workers_refusing(records, [], [config.output_dir]))):
+            if refusing:
+                raise ConfigError(source, field, f"{path} is outside the roots of worker(s) {'; '.join(refusing)}")
         return config
 
 

@@ -75,6 +75,7 @@ class JobRun:
                       error="job cancelled; finished items are kept")
             return
         progress = Progress(co, record)
+        co.view.started(record)
         try:
             self._switch_model()
             log.info("job %s: %s %s into %s (run %s)", job_id, "resuming" if self.resume else "starting",

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from ..config import RunConfig, config_from_mapping, dump_config
+from ..config import RunConfig, config_from_mapping, dump_config, worker_placeholders
 from ..errors import ConfigError
 
-PLACEHOLDER_DATASET = "no-dataset.jsonl"  # the cluster config's workers read no dataset
 FRONT_DOOR_THREADS = 2  # threads of the Celery worker that serves the `editbatch.job` task
 
 
@@ -30,16 +29,15 @@ def load_cluster_config(path: str | Path, overrides: list[str] = (), broker: str
         raise ConfigError(source, None, f"cannot read config file: {exc.strerror}") from None
     if not isinstance(data, dict):
         raise ConfigError(source, None, "top level must be a mapping of keys to values")
-    data.setdefault("dataset", {"path": str(Path(path).resolve().parent / PLACEHOLDER_DATASET)})
-    data.setdefault("output_dir", str(Path(path).resolve().parent / "runs"))
+    for field in ("output_roots", "input_roots"):
+        if not (data.get("cluster") or {}).get(field):
+            raise ConfigError(source, f"cluster.{field}", "editbatch serve needs the folders jobs may use")
+    data = worker_placeholders(data, Path(path))
     config = config_from_mapping(data, source, overrides, check_dataset=False)
     broker = broker or os.environ.get("EDITBATCH_BROKER") or config.cluster.broker
     if broker == "auto":
         raise ConfigError(source, "cluster.broker", "editbatch serve needs a Redis it can share with clients "
                                                     "(with appendonly yes): give its URL, or set EDITBATCH_BROKER")
-    for field in ("output_roots", "input_roots"):
-        if not getattr(config.cluster, field):
-            raise ConfigError(source, f"cluster.{field}", "editbatch serve needs the folders jobs may use")
     return config.model_copy(update={"cluster": config.cluster.model_copy(update={"broker": broker})})
 
 
@@ -70,6 +68,7 @@ def _run_coordinator(config: RunConfig, broker: str, loglevel: str) -> None:
     from .coordinator import Coordinator
 
     coordinator = Coordinator(config, broker)
+    coordinator.check_workers()  # before taking any job: workers already up must reach the coordinator's roots
 
     def ready(**_) -> None:
         # Celery logs every success with its whole result (a summary) at INFO; failures stay logged.

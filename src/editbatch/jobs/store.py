@@ -116,6 +116,36 @@ return 1
 """
 
 
+# Queue an ended job again on its own folder (resume); ARGV[3], when not empty, replaces its config.
+# Returns the state it had: only an ended job is queued again.
+_RESUME = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return false end
+if state ~= '"done"' and state ~= '"failed"' and state ~= '"cancelled"' then return state end
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'config', ARGV[3]) end
+redis.call('HSET', KEYS[1], 'state', '"queued"', 'cancel_requested', 'false', 'error', 'null', 'finished_at', 'null',
+           'resumed_at', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+""" + _WAKE.format(n=3) + """
+return state
+"""
+
+
+# Delete an ended job's record if it ended before ARGV[2] (epoch seconds). 1 deleted.
+_PRUNE = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= '"done"' and state ~= '"failed"' and state ~= '"cancelled"' then
+  if not state then redis.call('ZREM', KEYS[2], ARGV[1]) end
+  return 0
+end
+local finished = tonumber(redis.call('HGET', KEYS[1], 'finished_at') or '0') or 0
+if finished >= tonumber(ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+
 class QueueFull(RuntimeError):
     """More than max_queued jobs would wait."""
 
@@ -176,6 +206,32 @@ class JobStore:
                             job_id, now, json.dumps("cancelled before it started"))
         return json.loads(before) if before else None
 
+    def resume(self, job_id: str, config: dict[str, Any] | None = None) -> str | None:
+        """Queue an ended job again; it runs on its folder reusing finished items. Its state before; None if unknown.
+
+        A job that is queued or running is left alone (its state is returned).
+        """
+        record = self.get(job_id)
+        if record is None:
+            return None
+        now = time.time()
+        before = self._eval(_RESUME, [self._job(job_id), keys.jobs_queued(self.ns), keys.jobs_wake(self.ns)],
+                            job_id, json.dumps(now), json.dumps(config) if config is not None else "",
+                            queue_score(int(record.get("priority") or 0), now))
+        return json.loads(before) if before else None
+
+    def prune(self, older_than_s: float) -> list[str]:
+        """Delete the records of jobs that ended more than `older_than_s` ago; their ids.
+
+        Each is checked and deleted in one script, so a job queued again meanwhile (resumed) is kept.
+        """
+        cutoff = time.time() - older_than_s
+        pruned = []
+        for job_id in [i.decode() for i in self._call(lambda: self.redis.zrange(keys.jobs_all(self.ns), 0, -1))]:
+            if self._eval(_PRUNE, [self._job(job_id), keys.jobs_all(self.ns)], job_id, cutoff):
+                pruned.append(job_id)
+        return pruned
+
     # ------------------------------------------------------------ coordinators
 
     def take(self, job_id: str, *, owner: str, max_running: int, model_key: str, run_id: str) -> str:
@@ -223,8 +279,12 @@ class JobStore:
         return bool(self._eval(_FINISH, [self._job(job_id), keys.jobs_queued(self.ns), keys.jobs_running(self.ns),
                                          keys.jobs_wake(self.ns)], *args))
 
-    def publish_settings(self, *, max_queued: int, max_running: int) -> None:
-        value = json.dumps({"max_queued": max_queued, "max_running": max_running})
+    def publish_settings(self, *, max_queued: int, max_running: int, input_roots: list[str] = (),
+                         output_roots: list[str] = (), queues: list[str] = ()) -> None:
+        """What clients check at submission: the queue limit, the folders every job must lie in, and the
+        workers' queues (whose published roots must hold the job's folders too)."""
+        value = json.dumps({"max_queued": max_queued, "max_running": max_running, "queues": list(queues),
+                            "input_roots": list(input_roots), "output_roots": list(output_roots)})
         self._call(lambda: self.redis.set(keys.jobs_settings(self.ns), value))
 
     # ------------------------------------------------------------ reading
@@ -259,8 +319,11 @@ class JobStore:
     def cancel_requested(self, job_id: str) -> bool:
         return self._call(lambda: self.redis.hget(self._job(job_id), "cancel_requested")) == b"true"
 
-    def settings(self) -> dict[str, int]:
+    def settings(self) -> dict[str, Any]:
         raw = self._call(lambda: self.redis.get(keys.jobs_settings(self.ns)))
         found = json.loads(raw) if raw else {}
         return {"max_queued": int(found.get("max_queued", DEFAULT_MAX_QUEUED)),
-                "max_running": int(found.get("max_running", DEFAULT_MAX_RUNNING))}
+                "max_running": int(found.get("max_running", DEFAULT_MAX_RUNNING)),
+                "queues": list(found.get("queues") or []),
+                "input_roots": list(found.get("input_roots") or []),
+                "output_roots": list(found.get("output_roots") or [])}

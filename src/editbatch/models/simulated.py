@@ -30,7 +30,8 @@ class SimulatedModel(EditModel):
     name = "simulated"
     reads_images = False
     # Every params key edit() and load() read; `editbatch validate` refuses others.
-    known_params = frozenset({"seconds", "jitter", "device_speed", "fail_ids", "size", "load_seconds"})
+    known_params = frozenset({"seconds", "jitter", "device_speed", "fail_ids", "size", "load_seconds", "call_log",
+                              "fail_first", "crash_ids", "sticky_fail_after"})
 
     def load(self) -> None:
         params = self.config.params

@@ -22,6 +22,10 @@ class ItemFailed(Exception):
     def __str__(self) -> str:
         return str(self.args[0])
 
+    def __repr__(self) -> str:
+        # What Celery puts in the task-failed event (Flower's "Exception"): the error line, not the result dict.
+        return f"ItemFailed({self.args[0]!r})"
+
 
 def fail_task_if_failed(result: dict[str, Any]) -> dict[str, Any]:
     """Return `result` for an item that went through; raise ItemFailed for one that did not."""

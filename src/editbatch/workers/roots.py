@@ -128,3 +128,42 @@ def confine(images: Iterable[str | Path], output: str | Path, roots: Roots) -> N
     for image in images:
         roots.check_input(image)
     roots.check_output(output)
+
+
+# ---------------------------------------------------------------- coordinator side
+
+
+def workers_refusing(records: dict[str, dict | None], inputs: Iterable[str | Path],
+                     outputs: Iterable[str | Path]) -> list[str]:
+    """The live workers (queue -> presence record) whose published roots do not hold every path given.
+
+    Each is named with its roots, for a message. Workers that published no roots (not loaded yet) are
+    left out: they are asked again when they are.
+    """
+    inputs, outputs = list(inputs), list(outputs)
+    refusing = []
+    for queue, record in sorted(records.items()):
+        if not record or "output_roots" not in record:
+            continue
+        if all(inside(p, record["input_roots"]) for p in inputs) and \
+                all(inside(p, record["output_roots"]) for p in outputs):
+            continue
+        refusing.append(f"{queue} (reads under {', '.join(record['input_roots']) or 'nothing'}; "
+                        f"writes under {', '.join(record['output_roots']) or 'nothing'})")
+    return refusing
+
+
+def outside_published(config: dict, settings: dict, workers: dict[str, dict | None] | None = None) -> str | None:
+    """Client side: why a job's config lies outside the roots its coordinator published or those of a live
+    worker (queue -> presence record), or None."""
+    dataset = (config.get("dataset") or {}).get("path") if isinstance(config.get("dataset"), dict) else None
+    output = config.get("output_dir")
+    if dataset and settings.get("input_roots") and not inside(dataset, settings["input_roots"]):
+        return f"dataset.path: {dataset} is outside the service's input roots ({', '.join(settings['input_roots'])})"
+    if output and settings.get("output_roots") and not inside(output, settings["output_roots"]):
+        return f"output_dir: {output} is outside the service's output roots ({', '.join(settings['output_roots'])})"
+    for field, path, reads in (("dataset.path", dataset, True), ("output_dir", output, False)):
+        refusing = workers_refusing(workers or {}, [path] if reads else [], [] if reads else [path]) if path else []
+        if refusing:
+            return f"{field}: {path} is outside the roots of worker(s) {'; '.join(refusing)}"
+    return None

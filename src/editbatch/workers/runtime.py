@@ -154,7 +154,8 @@ def start(broker_url: str, device_spec: str, config_path: str | Path) -> WorkerR
     _current = WorkerRuntime(device, config.model, config.cluster, model, redis, presence, host, os.getpid(), name,
                              started, finished, roots, config.dataset.max_pixels, model.slot,
                              Guard(name, presence, sick_after=config.cluster.sick_after))
-    presence.publish(load_finished_at=finished)
+    # Published so that a coordinator can tell whether the jobs it accepts are within reach of this worker.
+    presence.publish(load_finished_at=finished, input_roots=list(roots.inputs), output_roots=list(roots.outputs))
     return _current
 
 

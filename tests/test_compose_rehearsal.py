@@ -1,0 +1,124 @@
+"""docker-compose.yml as written, played as local processes: Redis, six workers, the coordinator and Flower
+agree on the broker, the password variables, the queues and the roots, and every submitted item ends ok.
+
+Costs about 15 s on 2 cores (nine processes start; three small jobs of simulated edits).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import shutil
+import time
+import urllib.request
+
+import pytest
+import yaml
+
+from editbatch.redisconn import connect
+
+from .compose_rehearsal import Rehearsal
+from .conftest import read_run, simple_rows, write_dataset
+
+
+def call(port: int, auth: str, path: str, body: dict | None = None):
+    headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode(),
+               "Content-Type": "application/json"}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers,
+                                      method="POST" if body else "GET",
+                                      data=json.dumps(body).encode() if body else None)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture
+def compose(tmp_path):
+    dotenv = {"REDIS_PASSWORD": secrets.token_urlsafe(12), "FLOWER_PASSWORD": secrets.token_urlsafe(12)}
+    project = Rehearsal(tmp_path, dotenv)
+    try:
+        yield project
+    finally:
+        project.stop()
+
+
+def wait_for(what: str, check, compose: Rehearsal, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        dead = [n for n, p in compose.procs.items() if p.poll() is not None]
+        assert not dead, f"{what}: {dead} exited:\n" + "\n".join(compose.log(n) for n in dead)
+        time.sleep(0.3)
+    raise AssertionError(f"{what}: timed out\n" + "\n".join(f"--- {n}\n{compose.log(n)}" for n in compose.procs))
+
+
+def test_the_compose_services_run_jobs_from_the_cli_the_producer_and_flower(compose, sample_image):
+    workers = sorted(n for n in compose.services if n.startswith("worker-gpu"))
+    compose.start_redis()
+    broker = compose.environment("coordinator")["EDITBATCH_BROKER"]
+    redis = connect(broker)
+    wait_for("redis", lambda: _pings(redis), compose, timeout=20)
+    for name in workers:
+        compose.start(name)
+    compose.start("coordinator")
+    compose.start_flower()
+    queues = [f"gpu{n.removeprefix('worker-gpu')}" for n in workers]
+
+    def ready():
+        records = [json.loads(r) if r else {} for r in redis.mget([f"editbatch:worker:{q}" for q in queues])]
+        return all(r.get("state") == "ready" for r in records) and redis.exists("editbatch:jobs:settings")
+
+    wait_for("workers ready and coordinator serving", ready, compose)
+
+    # The data volume holds the dataset the producer's config names.
+    producer_config = yaml.safe_load(compose.path("/workspace/configs/qwen_image_edit_6gpu.yaml").read_text())
+    image = compose.path("/workspace/data/red.png")
+    shutil.copy(sample_image, image)
+    dataset = write_dataset(compose.path("/workspace/data"), simple_rows(6, image))
+    assert str(dataset) == producer_config["dataset"]["path"]
+    runs = compose.path("/workspace/runs")
+    # 1. `docker compose run --rm producer`: the 6-GPU config submitted as a job, waited for.
+    produced = compose.run("producer")
+    assert produced.returncode == 0, produced.stdout + produced.stderr + compose.log("coordinator")
+    assert "done: 6 ok, 0 failed, 0 invalid" in produced.stdout
+    # 2. `docker compose exec coordinator editbatch submit ...`: another job into the runs volume.
+    compose.path("/workspace/configs/second.yaml").write_text(yaml.safe_dump(
+        {**producer_config, "name": "second", "output_dir": str(runs / "second")}))
+    second = compose.exec("coordinator", "editbatch", "submit", "/workspace/configs/second.yaml", "--wait")
+    assert second.returncode == 0, second.stdout + second.stderr + compose.log("coordinator")
+    # 3. Flower's REST API, with the credentials compose gives it.
+    auth = compose.environment("flower")["FLOWER_BASIC_AUTH"]
+    wait_for("flower sees the coordinator", lambda: _flower_sees_jobs(compose.flower_port, auth), compose, 60)
+    config = {**producer_config, "name": "third", "output_dir": str(runs / "third")}
+    config.pop("cluster")
+    sent = call(compose.flower_port, auth, "/api/task/send-task/editbatch.job", {"kwargs": {"config": config}})
+    result = wait_for("the Flower job ends", lambda: _ended(compose.flower_port, auth, sent["task-id"]), compose)
+    assert result["state"] == "SUCCESS", result
+
+    for name in ("qwen-image-edit-6gpu", "second", "third"):
+        manifest, summary = read_run(runs / name)
+        assert summary["ok"] == 6 and {r["status"] for r in manifest} == {"ok"}, (name, summary)
+        # Every worker of the compose file served: items went to the gpuN queues the config names.
+        assert {r["device"] for r in manifest} <= set(queues)
+    redis.close()
+
+
+def _pings(redis) -> bool:
+    try:
+        return bool(redis.ping())
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+
+
+def _flower_sees_jobs(port: int, auth: str) -> bool:
+    try:
+        return any(name.startswith("jobs@") for name in call(port, auth, "/api/workers?refresh=1"))
+    except OSError:
+        return False
+
+
+def _ended(port: int, auth: str, task_id: str):
+    result = call(port, auth, f"/api/task/result/{task_id}")
+    return result if result.get("state") in ("SUCCESS", "FAILURE", "REVOKED") else None
