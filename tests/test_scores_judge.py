@@ -14,7 +14,6 @@ from PIL import Image
 
 from .conftest import REPO, read_jsonl, run_cli, write_config, write_dataset
 from editbatch.redisconn import connect
-from editbatch.scores.cache import ScoreCache
 from editbatch.scores.judge.client import JudgeSettings
 from editbatch.scores.judge.ratelimit import SharedRateLimit
 from editbatch.scores.judge.stage import JudgeJob, JudgeStage
@@ -143,7 +142,7 @@ def test_the_judge_stage_outlasts_a_server_down_for_30_seconds(tmp_path, redis_u
     folder, dataset = make_outputs(tmp_path, ids)
     with FakeJudge() as probe:
         port = probe.port  # a free port, closed again: connections are refused until the server comes up
-    config = judge_config(tmp_path, f"http://127.0.0.1:{port}/v1", retries=12, backoff_s=0.5, max_backoff_s=4)
+    config = judge_config(tmp_path, f"http://127.0.0.1:{port}/v1", retries=20, backoff_s=0.5, max_backoff_s=4)
     cmd = [sys.executable, "-m", "editbatch", "score", str(folder), "--dataset", str(dataset), "--config",
            str(config), "--broker", redis_url]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -7,7 +7,7 @@ that is not the JSON asked for), `timeout` (no answer within the retries),
 has scores: nothing is guessed. Each keeps the raw reply.
 
 Retries: a 429 waits Retry-After (capped); 5xx, timeouts and refused
-connections back off exponentially with full jitter, capped; at most
+connections back off exponentially with jitter, capped; at most
 `retries` times. httpx is used directly (one POST, no client-side retries
 of its own, so the policy here is the only one).
 """
@@ -97,7 +97,9 @@ def retry_after(response: httpx.Response) -> float | None:
 
 
 def backoff(settings: JudgeSettings, attempt: int, rng: random.Random) -> float:
-    return rng.uniform(0, min(settings.max_backoff_s, settings.backoff_s * 2**attempt))  # full jitter
+    # "Equal jitter": half the delay fixed (the retries then span a known time), half random (no herd).
+    delay = min(settings.max_backoff_s, settings.backoff_s * 2**attempt)
+    return delay / 2 + rng.uniform(0, delay / 2)
 
 
 def _clip(text: str | None) -> str | None:

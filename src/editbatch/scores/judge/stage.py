@@ -83,7 +83,8 @@ class JudgeStage:
         acquire = (lambda: self.limiter.acquire(tokens, stop=self.stop.is_set)) if self.limiter else (lambda: None)
         outcome = ask(self.settings, request_body(self.settings, prompt, images),
                       lambda text: parse_answer(self.preset, text), acquire=acquire)
-        record = {"id": job.id, **outcome.to_dict(), "model": self.settings.model, "template_sha256": self.template_sha256}
+        record = {"id": job.id, **outcome.to_dict(), "model": self.settings.model,
+                  "template_sha256": self.template_sha256}
         if self.cache is not None and outcome.status in CACHED_STATUSES:
             self.cache.put(key, record)
         return record
