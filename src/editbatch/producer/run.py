@@ -288,6 +288,10 @@ class Run:
             + (f" (efficiency {eff:.3f}, lower bound {summary['lower_bound_s']:.2f}s)" if eff else ""))
         for item_id, error in invalid + recorder.failures:
             say(f"  {item_id}: {error}")
+        if self.config.evaluate is not None:
+            from ..scores.after_run import write_scores_after_run
+
+            write_scores_after_run(plan.out_dir, say)
         write_report_after_run(plan.out_dir, say)
         say(f"Outputs: {plan.out_dir}")
         code = EXIT_OK if not invalid and not recorder.failures else EXIT_ITEMS_FAILED
