@@ -104,3 +104,29 @@ def test_evaluate_errors_name_file_and_field(tmp_path, section, field, words):
     assert proc.returncode == 2
     line = proc.stderr.strip()
     assert line.count("\n") == 0 and f"eval.yaml: {field}" in line and words in line, line
+
+
+def test_report_shows_scores_per_category_and_paired_differences(tmp_path, sim_cluster):
+    data = tmp_path / "data"
+    dataset = write_dataset(data, rows_with_targets(data, 8))
+    outs = []
+    for seed in (1, 2):
+        out = tmp_path / f"out{seed}"
+        config = write_config(tmp_path / f"run{seed}.yaml", name=f"seed{seed}", dataset={"path": str(dataset)},
+                              output_dir=str(out), model={"type": "simulated", "path": "sim",
+                                                          "params": {"seconds": 0.01}},
+                              cluster={"broker": sim_cluster["url"], "devices": SIM_DEVICES, "ready_timeout_s": 60},
+                              schedule={"mode": "nosync", "task_timeout_s": 60, "seed": seed},
+                              evaluate={"metrics": ["l1_target", "psnr_input"], "group_by": "task_type",
+                                        "bootstrap": 200})
+        proc = run_cli("run", str(config))
+        assert proc.returncode == 0, proc.stderr
+        assert (out / "scores.json").is_file() and "l1_target: micro" in proc.stdout  # scored at the end of the run
+        outs.append(out)
+    proc = run_cli("report", str(outs[0]), str(outs[1]))
+    assert proc.returncode == 0, proc.stderr
+    page = (outs[0] / "report.html").read_text()
+    assert 'id="scores"' in page and "scores.png" in page and (outs[0] / "scores.png").stat().st_size > 1000
+    assert "Paired differences" in page and "macro (mean of categories)" in page
+    assert 'data-rank="' in page and "sort by score, worst first" in page
+    assert "l1_target 0." in page  # each output's scores under it

@@ -71,6 +71,9 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
 )}
 
 
+LOWER_IS_BETTER = frozenset({"l1_input", "l2_input", "l1_target", "l2_target"})  # distances; the rest are similarities
+
+
 def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
