@@ -154,3 +154,44 @@ def test_the_judge_stage_outlasts_a_server_down_for_30_seconds(tmp_path, redis_u
     assert [r["scores"]["judge"]["status"] for r in rows] == ["ok"] * 3
     assert all(r["scores"]["judge"]["attempts"] > 1 for r in rows)
     assert all(server.count(i) == 1 for i in ids)
+
+
+def test_a_run_feeds_the_judge_as_edits_commit_and_a_killed_producer_resumes_without_asking_twice(
+        tmp_path, sim_cluster):
+    from .conftest import SIM_DEVICES
+
+    ids = [f"r{n:02d}" for n in range(12)]
+    _, dataset = make_outputs(tmp_path, ids)
+    out = tmp_path / "run"
+    with FakeJudge(delay_s=0.4) as server:
+        template = tmp_path / "template.txt"
+        template.write_text(TEMPLATE)
+        config = write_config(tmp_path / "run.yaml", name="judged", dataset={"path": str(dataset)},
+                              output_dir=str(out), model={"type": "simulated", "path": "sim",
+                                                          "params": {"seconds": 0.3}},
+                              cluster={"broker": sim_cluster["url"], "devices": SIM_DEVICES, "ready_timeout_s": 60},
+                              schedule={"mode": "nosync", "task_timeout_s": 60},
+                              evaluate={"preset": "gedit", "bootstrap": 200, "judge": {
+                                  "url": server.url, "model": "fake-vlm-2026-01-01", "template": str(template),
+                                  "workers": 2, "requests_per_minute": 6000, "timeout_s": 5}})
+        proc = subprocess.Popen([sys.executable, "-m", "editbatch", "run", str(config)], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 90
+        while sum(server.count(i) for i in ids) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        answered = {json.loads(p.read_text())["id"] for p in (out / ".scores-cache").rglob("*.json")}
+        in_flight = {i for i in ids if server.count(i)} - answered
+        assert answered and len(in_flight) <= 2
+        resumed = run_cli("run", str(config), "--resume")
+        assert resumed.returncode == 0, resumed.stderr
+        assert {i: server.count(i) for i in answered} == {i: 1 for i in answered}  # the cache answered them
+        assert all(server.count(i) == 1 for i in set(ids) - answered - in_flight)
+        rows = {r["id"]: r for r in read_jsonl(out / "scores.jsonl")}
+        assert {rows[i]["scores"]["judge"]["status"] for i in ids} == {"ok"}
+        summary = json.loads((out / "scores.json").read_text())
+        assert summary["scores"]["O"]["micro"]["n"] == 12 and summary["judge"]["model"] == "fake-vlm-2026-01-01"
+        # Fed as edits commit: the judge was asked before the last edit of the first run had finished.
+        first_run = [r for r in read_jsonl(out / "manifest.jsonl") if r.get("reused")]
+        assert first_run and min(min(t) for t in server.requests.values()) < max(r["finished_at"] for r in first_run)

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Callable
 
 
-def write_scores_after_run(out_dir: Path, say: Callable[[str], None]) -> None:
+def write_scores_after_run(out_dir: Path, say: Callable[[str], None], judged: dict | None = None) -> None:
     from ..errors import EditBatchError
     from .command import render, score_run
 
     try:
-        say(render(score_run(out_dir, log=say)))
+        say(render(score_run(out_dir, judged=judged, log=say)))
     except EditBatchError as exc:
         say(f"Scores not written: {exc}")
     except Exception as exc:  # noqa: BLE001 - the run's own files are written; scores can be redone alone

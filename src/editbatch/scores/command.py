@@ -90,7 +90,8 @@ def category_of(item: Item, column: str) -> str:
 
 def score_run(run_dir: str | Path, *, config_path: str | None = None, preset: str | None = None,
               dataset: str | None = None, overrides: list[str] | None = None, broker: str | None = None,
-              log=print) -> Scored:
+              judged: dict[str, dict[str, Any]] | None = None, log=print) -> Scored:
+    """`judged`: the judge's records of items already asked in this process (the run's feed): not asked again."""
     started = time.monotonic()
     folder = Path(run_dir)
     if not folder.is_dir():
@@ -116,7 +117,12 @@ def score_run(run_dir: str | Path, *, config_path: str | None = None, preset: st
         rows[item.id] = {"id": item.id, "category": category_of(item, group_by), "output": str(outputs[item.id]),
                          "instruction": item.instruction, "scores": scores}
     if the_preset is not None and the_preset.uses_judge:
-        judge_all(the_preset, evaluate, items, outputs, rows, cache, broker, log)
+        for item_id, record in (judged or {}).items():
+            if item_id in rows:
+                rows[item_id]["scores"]["judge"] = record
+        todo = [i for i in items if i.id in outputs and i.id not in (judged or {})]
+        if todo:
+            judge_all(the_preset, evaluate, todo, outputs, rows, cache, broker, log)
     result.scored = len(rows)
     write_results(folder, evaluate, the_preset, metrics, rows, result)
     result.seconds = time.monotonic() - started
