@@ -130,3 +130,21 @@ def test_report_shows_scores_per_category_and_paired_differences(tmp_path, sim_c
     assert "Paired differences" in page and "macro (mean of categories)" in page
     assert 'data-rank="' in page and "sort by score, worst first" in page
     assert "l1_target 0." in page  # each output's scores under it
+
+
+def test_private_workers_load_the_scorers_with_the_model(tmp_path):
+    """broker: auto: the run's metrics are loaded at start-up, in the model's load slot and load time."""
+    data = tmp_path / "data"
+    dataset = write_dataset(data, rows_with_targets(data, 3))
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "auto.yaml", name="auto", dataset={"path": str(dataset)}, output_dir=str(out),
+                          model={"type": "simulated", "path": "sim", "params": {"seconds": 0.01}},
+                          cluster={"broker": "auto", "devices": ["cpu"]},
+                          evaluate={"metrics": ["l1_target", "clip_i_input", "dino_target"]})
+    proc = run_cli("run", str(config))
+    assert proc.returncode == 0, proc.stderr
+    log = next((out / "logs").glob("worker-*.log")).read_text()
+    assert "scorers l1_target, clip_i_input, dino_target loaded with the model" in log
+    assert "loaded on first use" not in log
+    manifest, _ = read_run(out)
+    assert all(set(r["scores"]["metrics"]) == {"l1_target", "clip_i_input", "dino_target"} for r in manifest)

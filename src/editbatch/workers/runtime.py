@@ -79,7 +79,7 @@ class WorkerRuntime:
             with slots.hold(self.name, timeout_s=self.cluster.ready_timeout_s):
                 started = time.perf_counter()
                 scorer.load()
-            log.info("%s: scorers %s loaded in %.2fs", self.name, ", ".join(scorer.metrics),
+            log.info("%s: scorers %s loaded on first use in %.2fs", self.name, ", ".join(scorer.metrics),
                      time.perf_counter() - started)
             self.scorers[key] = scorer
         return self.scorers[key]
@@ -173,6 +173,8 @@ def start(broker_url: str, device_spec: str, config_path: str | Path) -> WorkerR
                              started, finished, roots, config.dataset.max_pixels, model.slot,
                              Guard(name, presence, sick_after=config.cluster.sick_after))
     if scorer is not None:
+        log.info("%s: scorers %s loaded with the model (in its load slot and load time)", name,
+                 ", ".join(scorer.metrics))
         _current.scorers[_spec_key(scorer)] = scorer
     presence.publish(load_finished_at=finished)
     return _current
