@@ -148,3 +148,15 @@ def test_private_workers_load_the_scorers_with_the_model(tmp_path):
     assert "loaded on first use" not in log
     manifest, _ = read_run(out)
     assert all(set(r["scores"]["metrics"]) == {"l1_target", "clip_i_input", "dino_target"} for r in manifest)
+
+
+def test_a_template_that_does_not_format_is_a_config_error(tmp_path):
+    template = tmp_path / "t.txt"
+    template.write_text('Answer {"score": 1-5} for {instruction}')
+    config = write_config(tmp_path / "eval.yaml", evaluate={"preset": "imgedit", "judge": {
+        "url": "http://127.0.0.1:1/v1", "model": "m-2026-01-01", "template": str(template)}})
+    folder = tmp_path / "f"
+    folder.mkdir()
+    proc = run_cli("score", str(folder), "--dataset", "x.jsonl", "--config", str(config))
+    assert proc.returncode == 2 and "eval.yaml: evaluate: judge.template" in proc.stderr
+    assert "literal braces" in proc.stderr

@@ -223,6 +223,15 @@ class EvaluateConfig(_Strict):
 
         if self.preset and PRESETS[self.preset].uses_judge and self.judge is None:
             raise ValueError(f"preset {self.preset!r} asks a judge: add evaluate.judge (url, model)")
+        if self.judge is not None and self.judge.template is not None:
+            from .scores.judge.stage import check_template
+
+            try:
+                check_template(Path(self.judge.template).read_text(encoding="utf-8"))
+            except OSError as exc:
+                raise ValueError(f"judge.template {self.judge.template}: cannot read ({exc.strerror})") from None
+            except ValueError as exc:
+                raise ValueError(f"judge.template {self.judge.template}: {exc}") from None
         return self
 
     def all_metrics(self) -> list[str]:

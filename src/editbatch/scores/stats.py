@@ -45,7 +45,7 @@ def macro(groups: dict[str, list[float]], samples: int, seed: int = BOOTSTRAP_SE
 
 
 def aggregate(rows: list[dict[str, Any]], names: list[str], *, samples: int = 1000) -> dict[str, Any]:
-    """`rows`: one per item, {"category", "values": {name: float}, "failed": bool}.
+    """`rows`: one per item, {"category", "values": {name: float}}; a name without a value counts as failed.
 
     For each score name: `micro` (all items pooled), `macro` (mean of category means) and `by_category`.
     """
@@ -56,7 +56,8 @@ def aggregate(rows: list[dict[str, Any]], names: list[str], *, samples: int = 10
         for row in rows:
             cat = str(row.get("category") or "all")
             value = (row.get("values") or {}).get(name)
-            if row.get("failed") or value is None or (isinstance(value, float) and math.isnan(value)):
+            # No value: the judge failed on this item (its names only), or the metric had no reference.
+            if value is None or (isinstance(value, float) and math.isnan(value)):
                 failed[cat] = failed.get(cat, 0) + 1
                 groups.setdefault(cat, [])
                 continue

@@ -44,6 +44,14 @@ class _Blank(dict):
         return ""
 
 
+def check_template(text: str) -> None:
+    """ValueError when the template's braces do not format (literal braces, as in a JSON example, are doubled)."""
+    try:
+        text.format_map(_Blank())
+    except (ValueError, IndexError, AttributeError) as exc:
+        raise ValueError(f"the template does not format ({exc}); write literal braces as {{{{ and }}}}") from None
+
+
 def default_template(preset: Preset) -> Path:
     return TEMPLATES / f"{preset.name}.txt"
 
@@ -96,7 +104,13 @@ class JudgeStage:
         def one(job: JudgeJob) -> None:
             if self.stop.is_set():
                 return
-            record = self.judge(job)
+            try:
+                record = self.judge(job)
+            except InterruptedError:
+                return
+            except Exception as exc:  # noqa: BLE001 - one item (an unreadable output) must not stop the others
+                record = {"id": job.id, "status": "error", "scores": None, "reason": "", "raw": None,
+                          "error": f"{exc.__class__.__name__}: {exc}", "attempts": 0}
             with lock:
                 on_done(job, record)
 
