@@ -195,3 +195,13 @@ def test_a_run_feeds_the_judge_as_edits_commit_and_a_killed_producer_resumes_wit
         # Fed as edits commit: the judge was asked before the last edit of the first run had finished.
         first_run = [r for r in read_jsonl(out / "manifest.jsonl") if r.get("reused")]
         assert first_run and min(min(t) for t in server.requests.values()) < max(r["finished_at"] for r in first_run)
+
+
+def test_the_shared_bucket_also_limits_tokens_per_minute(redis_url):
+    redis = connect(redis_url)
+    a = SharedRateLimit(redis, "test", "tokens", requests_per_minute=6000, tokens_per_minute=600)
+    b = SharedRateLimit(redis, "test", "tokens", requests_per_minute=6000, tokens_per_minute=600)  # another worker
+    assert a.try_acquire(300) == 0 and b.try_acquire(300) == 0
+    wait = a.try_acquire(300)
+    assert 25 < wait <= 30  # 300 tokens at 600/min: half a minute, less what refilled meanwhile
+    redis.close()
