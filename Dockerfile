@@ -30,13 +30,13 @@ WORKDIR /opt/editbatch
 #    src/ does not reinstall torch.
 COPY pyproject.toml README.md ./
 RUN mkdir -p src/editbatch && touch src/editbatch/__init__.py \
-    && pip install ".[monitor]" \
+    && pip install ".[monitor,scores]" \
     && pip uninstall -y editbatch \
     && rm -rf src build *.egg-info
 
 # 2) The package itself.
 COPY src ./src
-RUN pip install --no-deps ".[monitor]" \
+RUN pip install --no-deps ".[monitor,scores]" \
     && rm -rf build src/*.egg-info \
     && if pip show torchvision >/dev/null 2>&1; then echo "torchvision must not be installed" >&2; exit 1; fi \
     && editbatch --help >/dev/null

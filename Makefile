@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	else \
 	  $(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(TORCH_CPU_PIP_ARGS); \
 	fi
-	$(BIN)/python -m pip install -q -e ".[test,monitor,lora]"
+	$(BIN)/python -m pip install -q -e ".[test,monitor,lora,scores]"
 	@if $(BIN)/python -m pip show torchvision >/dev/null 2>&1; then \
 	  echo "torchvision is installed in $(VENV): it breaks transformers with a CPU torch; remove it"; exit 1; fi
 	touch $(STAMP)

@@ -81,6 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run output folders; several are compared by item id")
     report.add_argument("-o", "--output", help="the HTML file to write (default: RUN_DIR/report.html of the first run)")
 
+    score = sub.add_parser("score", help="score a run folder (or any folder of outputs named by item id): "
+                                         "scores.jsonl and scores.json with 95% intervals")
+    score.add_argument("run_dir", metavar="RUN_DIR")
+    score.add_argument("--preset", help="gedit, imgedit, kris, magicbrush or emu (overrides evaluate.preset)")
+    score.add_argument("--config", help="a YAML file whose `evaluate:` section to use (default: the run's config)")
+    score.add_argument("--dataset", help="the dataset file the outputs are matched to by id (default: the run's)")
+    score.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a setting, e.g. evaluate.judge.workers=8")
+    score.add_argument("--broker", help="redis URL holding the judges' shared rate limit "
+                                        "(default: EDITBATCH_BROKER, else a private Redis for this command)")
+
     status = sub.add_parser("status", help="progress of a job, or of a running or finished run folder")
     status.add_argument("run_dir", metavar="JOB_OR_DIR", help="a job id, or a run's output folder")
     status.add_argument("--broker", default=os.environ.get("EDITBATCH_BROKER"),
@@ -159,6 +170,13 @@ def main(argv: list[str] | None = None) -> int:
             result = write_report(args.run_dirs, args.output)
             print(f"{result.html}: {result.items} items, written in {result.seconds:.1f}s")
             return 0
+        if args.command == "score":
+            from .scores.command import render, score_run
+
+            scored = score_run(args.run_dir, config_path=args.config, preset=args.preset, dataset=args.dataset,
+                               overrides=args.overrides, broker=args.broker, log=lambda m: print(m, flush=True))
+            print(render(scored))
+            return 1 if scored.failed else 0
         if args.command == "status":
             if not os.path.isdir(args.run_dir):
                 _job_or_missing_folder(args, args.run_dir)

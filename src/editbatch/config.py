@@ -151,6 +151,102 @@ class JobsConfig(_Strict):
     keep_ended_days: float = Field(default=30, gt=0, description="records of ended jobs are deleted after this long")
 
 
+class JudgeConfig(_Strict):
+    """evaluate.judge: an OpenAI-compatible chat API asked once per item (see scores/judge/)."""
+
+    url: str = Field(description="base URL of the API, e.g. https://api.openai.com/v1 (POST <url>/chat/completions)")
+    model: str = Field(description="a dated model name (gpt-4.1-2025-04-14): undated names drift")
+    undated_ok: bool = Field(default=False, description="accept a model name without a date (a local server)")
+    api_key_env: str | None = Field(default="OPENAI_API_KEY", description="environment variable with the key")
+    template: Path | None = Field(default=None, description="prompt template file (default: the preset's own)")
+    workers: int = Field(default=4, ge=1, le=64, description="judge threads")
+    requests_per_minute: float = Field(default=60, gt=0, description="for all judge workers together")
+    tokens_per_minute: float = Field(default=0, ge=0, description="for all judge workers together (0: no limit)")
+    burst: float | None = Field(default=None, gt=0, description="requests the bucket holds (default rpm/10)")
+    temperature: float = Field(default=0.0, ge=0)
+    seed: int | None = Field(default=42, description="sent where the server takes one")
+    max_tokens: int = Field(default=400, ge=1)
+    timeout_s: float = Field(default=60.0, gt=0)
+    retries: int = Field(default=6, ge=0, le=50)
+    backoff_s: float = Field(default=1.0, ge=0)
+    max_backoff_s: float = Field(default=30.0, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _dated(self) -> "JudgeConfig":
+        if not self.undated_ok and not re.search(r"\d{4}-?\d{2}-?\d{2}", self.model):
+            raise ValueError(f"model {self.model!r} has no date: name a dated snapshot, or set undated_ok: true")
+        return self
+
+
+class EvaluateConfig(_Strict):
+    """evaluate: what to score (see scores/)."""
+
+    preset: str | None = Field(default=None, description="gedit, imgedit, kris, magicbrush, emu")
+    metrics: list[str] = Field(default_factory=list, description="worker-side metrics (see README, Scores)")
+    clip: str = Field(default="tiny", description="CLIP model: hub id, local folder, or tiny (random, offline)")
+    dino: str = Field(default="tiny", description="DINOv2 model: hub id, local folder, or tiny (random, offline)")
+    group_by: str | None = Field(default=None, description="dataset column the categories come from")
+    judge: JudgeConfig | None = None
+    cache_dir: Path | None = Field(default=None, description="score cache (default: <output_dir>/.scores-cache)")
+    bootstrap: int = Field(default=1000, ge=100, le=100000, description="resamples of each 95% interval")
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str | None) -> str | None:
+        from .scores.presets import PRESETS
+
+        if value is not None and value not in PRESETS:
+            raise ValueError(f"unknown preset {value!r} (known: {', '.join(PRESETS)})")
+        return value
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value: list[str]) -> list[str]:
+        from .scores.item import METRICS
+
+        for name in value:
+            if name not in METRICS:
+                close = difflib.get_close_matches(name, METRICS, n=1, cutoff=0.5)
+                hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(METRICS)})"
+                raise ValueError(f"unknown metric {name!r}{hint}")
+        return value
+
+    @model_validator(mode="after")
+    def _judge_given(self) -> "EvaluateConfig":
+        from .scores.presets import PRESETS
+
+        if self.preset and PRESETS[self.preset].uses_judge and self.judge is None:
+            raise ValueError(f"preset {self.preset!r} asks a judge: add evaluate.judge (url, model)")
+        if self.judge is not None and self.judge.template is not None:
+            from .scores.judge.stage import check_template
+
+            try:
+                check_template(Path(self.judge.template).read_text(encoding="utf-8"))
+            except OSError as exc:
+                raise ValueError(f"judge.template {self.judge.template}: cannot read ({exc.strerror})") from None
+            except ValueError as exc:
+                raise ValueError(f"judge.template {self.judge.template}: {exc}") from None
+        return self
+
+    def all_metrics(self) -> list[str]:
+        from .scores.presets import PRESETS
+
+        own = list(PRESETS[self.preset].metrics) if self.preset else []
+        return list(dict.fromkeys(own + self.metrics))
+
+    def categories_from(self) -> str:
+        from .scores.presets import PRESETS
+
+        return self.group_by or (PRESETS[self.preset].group_by if self.preset else "category")
+
+
 class RunConfig(_Strict):
     name: str = "run"
     dataset: DatasetConfig
@@ -159,6 +255,7 @@ class RunConfig(_Strict):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     jobs: JobsConfig = Field(default_factory=JobsConfig)
+    evaluate: EvaluateConfig | None = None
 
     @field_validator("output_dir")
     @classmethod
@@ -288,6 +385,17 @@ def _describe(err: dict[str, Any]) -> tuple[str | None, str]:
     elif "input" in err and err["type"] not in ("value_error",) and not isinstance(err["input"], dict):
         message += f" (got {err['input']!r})"
     return field, message
+
+
+def validate_evaluate(data: Any, source: str) -> EvaluateConfig:
+    """An `evaluate:` section on its own (`editbatch score --config`), with the same one-line messages."""
+    try:
+        RunConfig.model_validate({"dataset": {"path": "-"}, "output_dir": "-", "model": {"type": "simulated"},
+                                  "evaluate": data})
+    except ValidationError:
+        validate_config({"dataset": {"path": "-"}, "output_dir": "-", "model": {"type": "simulated"},
+                         "evaluate": data}, source)
+    return EvaluateConfig.model_validate(data)
 
 
 def _known_keys(loc: tuple) -> list[str]:

@@ -30,6 +30,7 @@ class Item:
     extra: dict[str, Any] = field(default_factory=dict)
     error: str | None = None  # set when the item is invalid
     line: int | None = None  # where the row starts in the dataset file (1-based, as editors count)
+    target: Path | None = None  # the ground-truth image, for scores against it (column `target`)
 
     @property
     def valid(self) -> bool:
@@ -121,10 +122,14 @@ def _item(index: int, line: int, row: dict[str, Any] | str, base: Path) -> Item:
     instruction = row.get("instruction", row.get("prompt", ""))
     if not isinstance(instruction, str):
         instruction, error = str(instruction), error or "instruction is not a string"
-    extra = {k: v for k, v in row.items() if k not in ("id", "image", "images", "instruction", "prompt", "category")}
+    extra = {k: v for k, v in row.items()
+             if k not in ("id", "image", "images", "instruction", "prompt", "category", "target")}
     category = row.get("category") or None
+    target = row.get("target") or None
+    if target is not None and not isinstance(target, str):
+        target, error = None, error or "target is not a file path"
     return Item(index, item_id, [(base / p) for p in paths], instruction, category and str(category), extra, error,
-                line)
+                line, base / target if target else None)
 
 
 def check_items(items: list[Item], *, max_images: int = 1, decode: bool = True,
@@ -150,7 +155,7 @@ def check_items(items: list[Item], *, max_images: int = 1, decode: bool = True,
         elif len(item.images) > max_images:
             item.error = f"{len(item.images)} input images, but this model takes at most {max_images}"
         else:
-            for image in item.images:
+            for image in item.images + ([item.target] if item.target else []):
                 if image not in checked:
                     checked[image] = _image_problem(image, decode, max_pixels)
                 if checked[image]:

@@ -114,3 +114,11 @@ def job_lease(namespace: str, job_id: str) -> str:
 def jobs_settings(namespace: str) -> str:
     """The coordinator's limits (max_queued, max_running), for clients that check admission."""
     return f"{namespace}:jobs:settings"
+
+
+JUDGE_BUCKET_TTL_S = 600  # an idle judge rate-limit bucket is forgotten (it refills to full anyway)
+
+
+def judge_bucket(namespace: str, name: str) -> str:
+    """The token bucket all judge workers of one API share (requests and tokens per minute)."""
+    return f"{namespace}:judge-bucket:{name}"

@@ -21,10 +21,14 @@ RECORDS = "records"  # the ledger: records/<safe id>.json, written by the worker
 REPORT_DIR = "report"  # thumbnails
 LOGS = "logs"
 ATTEMPTS = ".attempts"  # each attempt's files before one of them is committed (see tasks/commit.py)
+SCORES = "scores.json"  # per-category means with intervals (editbatch score)
+SCORES_ITEMS = "scores.jsonl"  # one line per item: its metrics and the judge's answer
+SCORES_PNG = "scores.png"  # the report's chart of the scores per category
+SCORES_CACHE = ".scores-cache"  # default score cache (see scores/cache.py)
 LOCK = ".editbatch.lock"  # held by the run that owns the folder (see producer/folder_lock.py)
 
 # What a run writes; --overwrite removes these and nothing else.
-RUN_FILES = (RUN, MANIFEST, SUMMARY, WORKERS, REPORT, TIMELINE)
+RUN_FILES = (RUN, MANIFEST, SUMMARY, WORKERS, REPORT, TIMELINE, SCORES, SCORES_ITEMS, SCORES_PNG)
 RUN_FOLDERS = (IMAGES, RECORDS, REPORT_DIR, ATTEMPTS)
 
 

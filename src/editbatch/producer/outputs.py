@@ -22,6 +22,11 @@ def manifest_record(item, seed: int, result: dict[str, Any] | None = None) -> di
     record: dict[str, Any] = {k: None for k in MANIFEST_FIELDS}
     record.update(id=item.id, index=item.index, line=item.line, seed=seed, category=item.category,
                   instruction=item.instruction, inputs=[str(p) for p in item.images])
+    if item.target is not None:
+        record["target"] = str(item.target)
+    columns = {k: v for k, v in item.extra.items() if k != "params"}
+    if columns:
+        record["columns"] = columns  # the dataset's other columns (task type, language...): categories for scores
     if result is None:
         record.update(status="invalid", error=item.error)
         return record
@@ -34,6 +39,8 @@ def manifest_record(item, seed: int, result: dict[str, Any] | None = None) -> di
             record[key] = info[key]
     if result.get("work_s") is not None:
         record["work_s"] = result["work_s"]
+    if result.get("scores"):
+        record["scores"] = result["scores"]
     return record
 
 

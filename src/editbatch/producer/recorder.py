@@ -9,7 +9,7 @@ records through `counts.py`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .. import counts
 from ..dataset import Item
@@ -32,6 +32,7 @@ class Recorder:
             index: list(old.get("errors") or ([old["error"]] if old.get("error") else []))
             for index, old in carried.history.items()}
         self.failures: list[tuple[str, str]] = []  # (item id, last error) of items that ended failed
+        self.on_ok: Callable[[Item, dict[str, Any]], None] | None = None  # told of each item done (the judge feed)
         to_run = {i.index for i in todo}
         for item in items:
             if not item.valid:
@@ -69,6 +70,8 @@ class Recorder:
         elif failed:
             self.failures.append((item.id, record["error"] or "failed"))
         self.manifest.add(record)
+        if not failed and self.on_ok is not None:
+            self.on_ok(item, record)
         return retry
 
     def close(self, item: Item, error: str, round_no: int, *, status: str = counts.FAILED) -> None:

@@ -147,5 +147,7 @@ def _from_record(record: dict[str, Any]) -> dict[str, Any]:
     for key in ("input_size", "input_sizes", "generated_size", "output_size", "size_policy"):
         if key in info:
             out[key] = info[key]
+    if record.get("scores"):
+        out["scores"] = record["scores"]  # computed with the edit: a resume keeps them
     out["error"] = None
     return out

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from celery import Celery
 from redis import Redis
 
-from .. import keys, redisconn
+from .. import keys, layout, redisconn
 from ..barrier import BatchBarrier
 from ..config import RunConfig
 from ..dataset import Item
@@ -120,7 +120,9 @@ class Round:
                         index=item.index, batch=a.batch,
                         params={**ctx.config.model.params, **(item.extra.get("params") or {})},
                         model=ctx.model_id, run=ctx.run_id, report=ctx.inbox.key, submitted_at=now,
-                        timeout_s=sched.task_timeout_s, folder=ctx.folder_id).to_payload()
+                        timeout_s=sched.task_timeout_s, folder=ctx.folder_id,
+                        target=str(item.target.resolve()) if item.target else None, texts=captions(item),
+                        evaluate=evaluate_spec(ctx.config, ctx.out_dir)).to_payload()
 
     def on_result(self, ordinal: int, result: dict[str, Any]) -> None:
         item, ctx = self.items[ordinal], self.ctx
@@ -170,3 +172,19 @@ class Round:
                 self.barrier(oldest - 1).force_open(self.ctx.redis, members)
             except redisconn.TRANSIENT:
                 pass
+
+
+def captions(item: Item) -> dict[str, str] | None:
+    """The dataset's caption columns, for CLIP-T and CLIP direction."""
+    found = {k: str(item.extra[k]) for k in ("input_caption", "output_caption") if item.extra.get(k)}
+    return found or None
+
+
+def evaluate_spec(config, out_dir: Path) -> dict[str, Any] | None:
+    """What the workers score right after each edit (None: nothing)."""
+    evaluate = config.evaluate
+    if evaluate is None or not evaluate.all_metrics():
+        return None
+    cache = evaluate.cache_dir or out_dir / layout.SCORES_CACHE
+    return {"metrics": evaluate.all_metrics(), "clip": evaluate.clip, "dino": evaluate.dino,
+            "cache_dir": str(Path(cache).resolve())}

@@ -77,6 +77,7 @@ class Run:
         self.devices = [d.queue for d in config.devices]
         self.progress = Progress(config.schedule.mode, 0, self.devices, stream=stream)
         self.stopped: str | None = None  # why the run stopped early: Ctrl-C, `editbatch cancel`, a full disk
+        self.judged: dict[str, dict] | None = None  # the judge feed's records, when the run asks a judge
 
     @property
     def ns(self) -> str:
@@ -108,6 +109,9 @@ class Run:
             stack.callback(redis.close)
             self.await_workers(plan, cluster, redis)  # before the ledger: a run that never started leaves no trace
             recorder, run_file = self.open_ledger(plan, cluster, redis)
+            feed = self.open_judge_feed(plan, recorder, redis)
+            if feed is not None:
+                stack.callback(feed.close, wait=False)  # a run stopped early: nothing new is asked
             cluster.watch()
             dispatch_started_at = time.time()
             rounds: list[Round] = []
@@ -130,8 +134,23 @@ class Run:
                                    f"finished items are kept: free space, then editbatch resume {plan.out_dir}"
                                    ) from None
             finally:
+                if feed is not None and not self.stopped:
+                    feed.close(wait=True, say=self.progress.say)
                 summary = self.finish(plan, redis, recorder, run_file, rounds, dispatch_started_at)
         return self.report(plan, recorder, summary)
+
+    def open_judge_feed(self, plan: Plan, recorder: Recorder, redis):
+        """The judge threads, fed as each edit is committed (and with the items an earlier run finished)."""
+        from ..scores.judge.feed import open_feed
+
+        feed = open_feed(self.config, plan.out_dir, redis, self.ns)
+        if feed is not None:
+            self.judged = feed.done
+            by_index = {item.index: item for item in plan.items}
+            for index, record in plan.carried.done.items():
+                feed.submit(by_index[index], record)
+            recorder.on_ok = feed.submit
+        return feed
 
     def await_workers(self, plan: Plan, cluster: ClusterHandle, redis) -> None:
         """Unified start: block until every device's worker has loaded the model; record them in workers.json."""
@@ -288,6 +307,10 @@ class Run:
             + (f" (efficiency {eff:.3f}, lower bound {summary['lower_bound_s']:.2f}s)" if eff else ""))
         for item_id, error in invalid + recorder.failures:
             say(f"  {item_id}: {error}")
+        if self.config.evaluate is not None:
+            from ..scores.after_run import write_scores_after_run
+
+            write_scores_after_run(plan.out_dir, say, self.judged)
         write_report_after_run(plan.out_dir, say)
         say(f"Outputs: {plan.out_dir}")
         code = EXIT_OK if not invalid and not recorder.failures else EXIT_ITEMS_FAILED

@@ -19,6 +19,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from .. import layout
 from ..counts import count
+from . import scores as score_view
 from .run_folder import RunFolder, read_run_folder
 from .thumbnails import make_thumbnails
 from .timeline import build_timeline, svg_geometry, write_timeline_png
@@ -176,6 +177,14 @@ def write_report(run_dirs: list[str | Path], output: str | Path | None = None) -
                         "timeline": svg_geometry(timeline, span=longest), "timeline_png": _link(png, page_dir),
                         "index_to_key": index_to_key, "column": k})
     rows = build_rows(runs, thumbs, page_dir)
+    scored = score_view.build(runs, page_dir, _link)
+    if scored is not None:
+        for row in rows:  # each output's scores and the judge's reason, under it
+            for k, cell in enumerate(row["cells"]):
+                if cell is not None:
+                    cell["scores"] = score_view.item_cell(scored["per_run"][k].get(row["id"]), scored["names"])
+            first = next((c["scores"] for c in row["cells"] if c and c.get("scores")), None)
+            row["rank"] = first["rank"] if first and first["rank"] is not None else ""
     for k, run in enumerate(runs):
         ids = {r["id"]: r["key"] for r in rows}
         headers[k]["index_to_key"].update({rec["index"]: ids[rec["id"]] for rec in run.manifest})
@@ -188,7 +197,7 @@ def write_report(run_dirs: list[str | Path], output: str | Path | None = None) -
     env = Environment(loader=PackageLoader("editbatch.report", "templates"), autoescape=select_autoescape(),
                       trim_blocks=True, lstrip_blocks=True)
     text = env.get_template("report.html.j2").render(
-        title=" vs ".join(r.label for r in runs), runs=headers, categories=sorted(categories.items()),
+        title=" vs ".join(r.label for r in runs), runs=headers, scored=scored, categories=sorted(categories.items()),
         statuses=sorted({s for row in rows for s in row["statuses"]}), problems=problems,
         partial=sum(1 for r in rows if r["partial"]), items=len(rows),
         generated=time.strftime("%Y-%m-%d %H:%M:%S"))

@@ -13,7 +13,8 @@ Payload (version 1)::
      "run": null, "report": null, "submitted_at": null,     # used by `editbatch run`
      "wait_for": null, "arrive_at": null, "wait_timeout_s": null,   # sync-mode batch barrier
      "timeout_s": null,                                     # longest the edit may run
-     "folder": null}                                        # the output folder's incarnation (run.json)
+     "folder": null,                                        # the output folder's incarnation (run.json)
+     "target": null, "texts": null, "evaluate": null}       # scores computed right after the edit
 
 Result::
 
@@ -21,6 +22,7 @@ Result::
      "device", "worker", "host", "pid", "batch", "seed", "started_at", "finished_at",
      "submitted_at", "error": null | str, "info": {...}, "work_s": null | float,
      "attempt": int,                  # the fencing token of the attempt whose files the item has
+     "scores": null | {"metrics": {...}, "score_s": float, "cached": bool},
      "reused": true, "superseded": true}   # only when taken from a record, and when this copy lost its claim
 
 ``started_at``/``finished_at`` are epoch seconds taken on the worker around
@@ -60,6 +62,9 @@ class EditTask:
     wait_timeout_s: float | None = None
     timeout_s: float | None = None  # the edit itself: past this the worker ends itself (threads cannot be killed)
     folder: str | None = None  # the output folder's incarnation: claims of a folder since overwritten do not apply
+    target: str | None = None  # the ground-truth image, for metrics against it
+    texts: dict[str, str] | None = None  # input_caption / output_caption, for CLIP-T and CLIP direction
+    evaluate: dict[str, Any] | None = None  # {"metrics": [...], "clip", "dino", "cache_dir"}: see tasks/scoring.py
 
     def to_payload(self) -> dict[str, Any]:
         return {"v": VERSION, **asdict(self)}

@@ -25,14 +25,14 @@ from ..models.base import EditRequest
 from ..report.thumbnails import write_item_thumbnails
 from ..workers import runtime
 from ..workers.roots import confine
-from . import claim, commit, sync_point
+from . import claim, commit, scoring, sync_point
 from .contract import EditTask
 
 STOP_POLL_S = 0.5
 # A copy that lost its claim (its worker was judged gone) waits this long at most for the copy that replaced it.
 SUPERSEDED_WAIT_S = 60.0
 REUSED_FIELDS = ("status", "output", "started_at", "finished_at", "work_s", "info", "device", "worker", "host",
-                 "pid", "attempt")
+                 "pid", "attempt", "scores")
 
 
 @dataclass
@@ -57,6 +57,7 @@ def process(task: EditTask, rt: "runtime.WorkerRuntime") -> dict[str, Any]:
             try:
                 if not adopt(task, rt, held, result):
                     edited = compute(task, rt, result)
+                    scoring.score_edit(task, rt, edited.image, result)
                     place(task, rt, held, edited, result)
             finally:
                 held.release()
@@ -73,7 +74,7 @@ def new_result(task: EditTask, rt: "runtime.WorkerRuntime") -> dict[str, Any]:
     return {"id": task.id, "index": task.index, "batch": task.batch, "seed": task.seed,
             "submitted_at": task.submitted_at, **rt.identity,
             "status": "failed", "output": None, "error": None, "info": {}, "work_s": None,
-            "started_at": None, "finished_at": None}
+            "started_at": None, "finished_at": None, "scores": None}
 
 
 def fail(result: dict[str, Any], error: str, trace: str | None = None) -> None:

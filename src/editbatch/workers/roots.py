@@ -86,7 +86,7 @@ def _dataset_images(config) -> list[Path]:
         items = load_dataset(config.dataset.path, config.dataset.format, config.dataset.limit)
     except ConfigError:  # no dataset file on this machine: its folder alone
         return []
-    return [image for item in items for image in item.images]
+    return [image for item in items for image in item.images + ([item.target] if item.target else [])]
 
 
 # ---------------------------------------------------------------- producer side
@@ -109,7 +109,7 @@ def check_run_paths(config, items, source: str) -> None:
         return
     for item in items:
         if item.valid:
-            outside = [p for p in item.images if not inside(p, roots.inputs)]
+            outside = [p for p in item.images + ([item.target] if item.target else []) if not inside(p, roots.inputs)]
             if outside:
                 item.error = f"image {outside[0]} is outside cluster.input_roots ({', '.join(roots.inputs)})"
 
@@ -117,7 +117,7 @@ def check_run_paths(config, items, source: str) -> None:
 def with_worker_roots(config, out_dir: Path, items):
     """The config that private (`broker: auto`) workers read, with their roots filled in."""
     roots = roots_for(config.model_copy(update={"output_dir": out_dir}),
-                      [p for item in items if item.valid for p in item.images])
+                      [p for item in items if item.valid for p in item.images + ([item.target] if item.target else [])])
     cluster = config.cluster.model_copy(update={"input_roots": [Path(p) for p in roots.inputs],
                                                 "output_roots": [Path(p) for p in roots.outputs]})
     return config.model_copy(update={"cluster": cluster})

@@ -11,7 +11,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ class WorkerRuntime:
     max_pixels: int = 0  # inputs above this many pixels are refused undecoded
     model_slot: int = 0  # this device's position in cluster.devices (the simulated model's speed table)
     guard: Guard | None = None  # watchdog for stuck edits, retirement after repeated CUDA errors
+    scorers: dict[str, Any] = field(default_factory=dict)  # evaluate spec (JSON) -> its loaded ItemScorer
 
     @property
     def loaded(self) -> dict[str, Any]:
@@ -66,6 +67,22 @@ class WorkerRuntime:
     @property
     def identity(self) -> dict[str, Any]:
         return {"device": self.device.queue, "worker": self.name, "host": self.host, "pid": self.pid}
+
+    def item_scorer(self, spec: dict[str, Any]):
+        """The metric scorer for `spec`, loaded once (through a load slot, like the model) and kept."""
+        import json
+
+        key = json.dumps({k: spec.get(k) for k in ("metrics", "clip", "dino")}, sort_keys=True)
+        if key not in self.scorers:
+            scorer = _new_scorer(spec, self.device)
+            slots = LoadSlots(self.redis, self.cluster.namespace, self.cluster.load_concurrency)
+            with slots.hold(self.name, timeout_s=self.cluster.ready_timeout_s):
+                started = time.perf_counter()
+                scorer.load()
+            log.info("%s: scorers %s loaded on first use in %.2fs", self.name, ", ".join(scorer.metrics),
+                     time.perf_counter() - started)
+            self.scorers[key] = scorer
+        return self.scorers[key]
 
     def check_key(self, key: str) -> None:
         """Only run keys of our namespace: a payload must not make us write elsewhere."""
@@ -143,6 +160,7 @@ def start(broker_url: str, device_spec: str, config_path: str | Path) -> WorkerR
             log.info("%s: model load started: %s (%s, dtype %s)", name, config.model.type, config.model.path,
                      config.model.dtype)
             model.load()
+            scorer = _worker_scorer(config, device)  # the run's metrics: loaded with the model, in its load time
             finished = time.time()
     except Exception as exc:
         presence.publish(state="failed", error=f"{exc.__class__.__name__}: {exc}")
@@ -154,9 +172,37 @@ def start(broker_url: str, device_spec: str, config_path: str | Path) -> WorkerR
     _current = WorkerRuntime(device, config.model, config.cluster, model, redis, presence, host, os.getpid(), name,
                              started, finished, roots, config.dataset.max_pixels, model.slot,
                              Guard(name, presence, sick_after=config.cluster.sick_after))
+    if scorer is not None:
+        log.info("%s: scorers %s loaded with the model (in its load slot and load time)", name,
+                 ", ".join(scorer.metrics))
+        _current.scorers[_spec_key(scorer)] = scorer
     # Published so that a coordinator can tell whether the jobs it accepts are within reach of this worker.
     presence.publish(load_finished_at=finished, input_roots=list(roots.inputs), output_roots=list(roots.outputs))
     return _current
+
+
+def _new_scorer(spec: dict[str, Any], device: Device):
+    from ..scores.item import ItemScorer
+
+    # CUDA_VISIBLE_DEVICES binds the worker's GPU, so it is always device 0 within the process
+    return ItemScorer.from_spec(spec, "cuda:0" if device.kind == "cuda" else "cpu")
+
+
+def _spec_key(scorer) -> str:
+    import json
+
+    return json.dumps({"metrics": list(scorer.metrics), "clip": scorer.clip_path, "dino": scorer.dino_path},
+                      sort_keys=True)
+
+
+def _worker_scorer(config, device: Device):
+    """The scorer of the worker's own config's `evaluate` metrics, loaded now (None when it names none)."""
+    evaluate = config.evaluate
+    if evaluate is None or not evaluate.all_metrics():
+        return None
+    scorer = _new_scorer({"metrics": evaluate.all_metrics(), "clip": evaluate.clip, "dino": evaluate.dino}, device)
+    scorer.load()
+    return scorer
 
 
 def announce_ready() -> None:

@@ -25,6 +25,20 @@
     });
     count.textContent = shown === total ? total + " items" : shown + " of " + total + " items shown";
   }
+  // Sort by score, worst first (rows without a score last), or back to input order.
+  var sort = document.getElementById("f-sort");
+  function order() {
+    document.querySelectorAll("section.category tbody").forEach(function (body) {
+      var rows = Array.prototype.slice.call(body.querySelectorAll("tr.item"));
+      rows.sort(function (a, b) {
+        if (!sort.checked) return a.dataset.order - b.dataset.order;
+        var x = a.dataset.rank === "" ? Infinity : +a.dataset.rank, y = b.dataset.rank === "" ? Infinity : +b.dataset.rank;
+        return x - y;
+      });
+      rows.forEach(function (row) { body.appendChild(row); });
+    });
+  }
+  if (sort) sort.addEventListener("change", order);
   [category, status].forEach(function (el) { el.addEventListener("change", apply); });
   search.addEventListener("input", apply);
   // A timeline bar or an error links to an item: show it even if the filters hide it.

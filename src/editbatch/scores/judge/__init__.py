@@ -1,0 +1,1 @@
+"""The judge: a VLM behind an OpenAI-compatible chat API, asked once per item, under one shared rate limit."""

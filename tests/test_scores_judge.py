@@ -1,0 +1,207 @@
+"""The judge stage against a fake OpenAI-compatible server: every fault, the shared rate limit, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from .conftest import REPO, read_jsonl, run_cli, write_config, write_dataset
+from editbatch.redisconn import connect
+from editbatch.scores.judge.client import JudgeSettings
+from editbatch.scores.judge.ratelimit import SharedRateLimit
+from editbatch.scores.judge.stage import JudgeJob, JudgeStage
+from editbatch.scores.presets import PRESETS
+from .fake_judge import FakeJudge
+
+TEMPLATE = "Grade the edit id={id} (type {task_type}): {instruction}. Answer JSON only.\n"
+
+
+def make_outputs(tmp_path: Path, ids: list[str], *, extra: dict | None = None) -> tuple[Path, Path]:
+    """A folder of outputs named by id (made by 'another tool') and its dataset."""
+    folder = tmp_path / "outputs"
+    folder.mkdir()
+    source = tmp_path / "in.png"
+    Image.new("RGB", (24, 24), (10, 120, 200)).save(source)
+    rows = []
+    for n, item in enumerate(ids):
+        Image.new("RGB", (24, 24), (n * 9 % 256, 40, 90)).save(folder / f"{item}.png")
+        rows.append({"id": item, "image": str(source), "instruction": f"make {item} brighter",
+                     "task_type": "color" if n % 2 else "style", **(extra or {})})
+    return folder, write_dataset(tmp_path / "data", rows)
+
+
+def judge_config(tmp_path: Path, url: str, **judge) -> Path:
+    template = tmp_path / "template.txt"
+    template.write_text(TEMPLATE)
+    return write_config(tmp_path / "eval.yaml", evaluate={
+        "preset": "gedit", "bootstrap": 200,
+        "judge": {"url": url, "model": "fake-vlm-2026-01-01", "template": str(template), "workers": 4,
+                  "requests_per_minute": 6000, "timeout_s": 1.0, "retries": 3, "backoff_s": 0.1,
+                  "max_backoff_s": 0.5, **judge}})
+
+
+def test_each_fault_is_recorded_as_what_it_was_and_nothing_answered_is_asked_again(tmp_path, redis_url):
+    plan = {"r429": ["429", "ok"], "e500": ["500", "ok"], "down": ["500"], "filt": ["filter"],
+            "bad": ["badjson"], "hang": ["hang"]}
+    ids = ["ok1", "ok2", "ok3", *plan]
+    folder, dataset = make_outputs(tmp_path, ids)
+    with FakeJudge(plan, hang_s=3.0) as server:
+        config = judge_config(tmp_path, server.url, retries=1)
+        proc = run_cli("score", str(folder), "--dataset", str(dataset), "--config", str(config), "--broker", redis_url)
+        assert proc.returncode == 1, proc.stderr  # some items could not be judged: listed, exit 1
+        rows = {r["id"]: r for r in read_jsonl(folder / "scores.jsonl")}
+        status = {i: rows[i]["scores"]["judge"]["status"] for i in ids}
+        assert status == {"ok1": "ok", "ok2": "ok", "ok3": "ok", "r429": "ok", "e500": "ok", "down": "error",
+                          "filt": "refused", "bad": "unparsed", "hang": "timeout"}
+        assert server.requests["r429"][1] - server.requests["r429"][0] >= 1.0  # Retry-After: 1 honoured
+        assert "content_filter" in rows["filt"]["scores"]["judge"]["raw"]
+        assert rows["bad"]["scores"]["judge"]["raw"] == "I think it is about 7/10 overall."
+        assert rows["bad"]["scores"]["judge"]["scores"] is None and "values" not in rows["bad"] or \
+            "O" not in rows["bad"]["values"]
+        assert rows["ok1"]["values"] == {"SC": 6.0, "PQ": 4.0, "O": pytest.approx(24 ** 0.5)}
+        body = server.bodies[0]
+        assert body["temperature"] == 0 and body["seed"] == 42 and body["model"] == "fake-vlm-2026-01-01"
+        assert body["messages"][0]["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
+        summary = json.loads((folder / "scores.json").read_text())
+        assert summary["failed"] == {"refused": 1, "unparsed": 1, "timeout": 1, "error": 1}
+        overall = summary["scores"]["O"]
+        assert overall["micro"]["n"] == 5 and overall["micro"]["failed"] == 4
+        assert overall["micro"]["mean"] == pytest.approx(24 ** 0.5)
+        assert set(overall["by_category"]) == {"color", "style"}
+        assert summary["judge"]["template_sha256"] and summary["judge"]["model"] == "fake-vlm-2026-01-01"
+        assert "bad (unparsed)" in proc.stdout and "hang (timeout)" in proc.stdout
+
+        before = {i: server.count(i) for i in ids}
+        again = run_cli("score", str(folder), "--dataset", str(dataset), "--config", str(config), "--broker", redis_url)
+        assert again.returncode == 1
+        asked = {i: server.count(i) - before[i] for i in ids}
+        # Answers, refusals and unparsable answers are cached; only the timeout and the server error are asked again.
+        assert asked == {i: (2 if i in ("hang", "down") else 0) for i in ids}
+
+        # A new prompt template is a new question: everything is asked again.
+        (tmp_path / "template.txt").write_text(TEMPLATE + "Be strict.\n")
+        run_cli("score", str(folder), "--dataset", str(dataset), "--config", str(config), "--broker", redis_url)
+        assert all(server.count(i) > before[i] + asked[i] for i in ids)
+
+
+def test_four_judge_workers_share_one_rate_limit(tmp_path, redis_url):
+    """Requests per window, measured at the server, stay within burst + window x rate."""
+    ids = [f"i{n:02d}" for n in range(18)]
+    folder, _ = make_outputs(tmp_path, ids)
+    rate_per_s, burst = 4.0, 2
+    with FakeJudge() as server:
+        redis = connect(redis_url)
+        limiter = SharedRateLimit(redis, "test", "fake", requests_per_minute=rate_per_s * 60, burst=burst)
+        settings = JudgeSettings(server.url, "fake-vlm-2026-01-01", timeout_s=5)
+        stage = JudgeStage(PRESETS["gedit"], settings, TEMPLATE, None, limiter, workers=4)
+        jobs = [JudgeJob(i, "x", folder / f"{i}.png", [], fields={"id": i}) for i in ids]
+        done = []
+        stage.run(jobs, lambda job, record: done.append(record["status"]))
+        redis.close()
+    assert done == ["ok"] * len(ids)
+    times = sorted(t for ts in server.requests.values() for t in ts)
+    for start in times:
+        for window in (1.0, 2.0):
+            inside = sum(1 for t in times if start <= t < start + window)
+            assert inside <= burst + window * rate_per_s + 1, (window, inside)
+
+
+def test_a_killed_score_command_resumes_without_asking_twice(tmp_path, redis_url):
+    ids = [f"k{n:02d}" for n in range(16)]
+    folder, dataset = make_outputs(tmp_path, ids)
+    with FakeJudge(delay_s=0.3) as server:
+        config = judge_config(tmp_path, server.url, workers=2, timeout_s=5)
+        cmd = [sys.executable, "-m", "editbatch", "score", str(folder), "--dataset", str(dataset), "--config",
+               str(config), "--broker", redis_url]
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while sum(server.count(i) for i in ids) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        answered = {json.loads(p.read_text())["id"] for p in (folder / ".scores-cache").rglob("*.json")}
+        assert answered and not (folder / "scores.json").exists()
+        in_flight = {i for i in ids if server.count(i)} - answered
+        resumed = run_cli("score", str(folder), "--dataset", str(dataset), "--config", str(config),
+                          "--broker", redis_url)
+        assert resumed.returncode == 0, resumed.stderr
+        assert {i: server.count(i) for i in answered} == {i: 1 for i in answered}  # never asked again
+        assert all(server.count(i) <= 2 for i in in_flight) and len(in_flight) <= 2  # cut off mid-question
+        assert all(server.count(i) == 1 for i in set(ids) - answered - in_flight)
+
+
+def test_the_judge_stage_outlasts_a_server_down_for_30_seconds(tmp_path, redis_url):
+    ids = ["d1", "d2", "d3"]
+    folder, dataset = make_outputs(tmp_path, ids)
+    with FakeJudge() as probe:
+        port = probe.port  # a free port, closed again: connections are refused until the server comes up
+    config = judge_config(tmp_path, f"http://127.0.0.1:{port}/v1", retries=20, backoff_s=0.5, max_backoff_s=4)
+    cmd = [sys.executable, "-m", "editbatch", "score", str(folder), "--dataset", str(dataset), "--config",
+           str(config), "--broker", redis_url]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(30)
+    with FakeJudge(port=port) as server:
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    rows = read_jsonl(folder / "scores.jsonl")
+    assert [r["scores"]["judge"]["status"] for r in rows] == ["ok"] * 3
+    assert all(r["scores"]["judge"]["attempts"] > 1 for r in rows)
+    assert all(server.count(i) == 1 for i in ids)
+
+
+def test_a_run_feeds_the_judge_as_edits_commit_and_a_killed_producer_resumes_without_asking_twice(
+        tmp_path, sim_cluster):
+    from .conftest import SIM_DEVICES
+
+    ids = [f"r{n:02d}" for n in range(12)]
+    _, dataset = make_outputs(tmp_path, ids)
+    out = tmp_path / "run"
+    with FakeJudge(delay_s=0.4) as server:
+        template = tmp_path / "template.txt"
+        template.write_text(TEMPLATE)
+        config = write_config(tmp_path / "run.yaml", name="judged", dataset={"path": str(dataset)},
+                              output_dir=str(out), model={"type": "simulated", "path": "sim",
+                                                          "params": {"seconds": 0.3}},
+                              cluster={"broker": sim_cluster["url"], "devices": SIM_DEVICES, "ready_timeout_s": 60},
+                              schedule={"mode": "nosync", "task_timeout_s": 60},
+                              evaluate={"preset": "gedit", "bootstrap": 200, "judge": {
+                                  "url": server.url, "model": "fake-vlm-2026-01-01", "template": str(template),
+                                  "workers": 2, "requests_per_minute": 6000, "timeout_s": 5}})
+        proc = subprocess.Popen([sys.executable, "-m", "editbatch", "run", str(config)], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 90
+        while sum(server.count(i) for i in ids) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        answered = {json.loads(p.read_text())["id"] for p in (out / ".scores-cache").rglob("*.json")}
+        in_flight = {i for i in ids if server.count(i)} - answered
+        assert answered and len(in_flight) <= 2
+        resumed = run_cli("run", str(config), "--resume")
+        assert resumed.returncode == 0, resumed.stderr
+        assert {i: server.count(i) for i in answered} == {i: 1 for i in answered}  # the cache answered them
+        assert all(server.count(i) == 1 for i in set(ids) - answered - in_flight)
+        rows = {r["id"]: r for r in read_jsonl(out / "scores.jsonl")}
+        assert {rows[i]["scores"]["judge"]["status"] for i in ids} == {"ok"}
+        summary = json.loads((out / "scores.json").read_text())
+        assert summary["scores"]["O"]["micro"]["n"] == 12 and summary["judge"]["model"] == "fake-vlm-2026-01-01"
+        # Fed as edits commit: the judge was asked before the last edit of the first run had finished.
+        first_run = [r for r in read_jsonl(out / "manifest.jsonl") if r.get("reused")]
+        assert first_run and min(min(t) for t in server.requests.values()) < max(r["finished_at"] for r in first_run)
+
+
+def test_the_shared_bucket_also_limits_tokens_per_minute(redis_url):
+    redis = connect(redis_url)
+    a = SharedRateLimit(redis, "test", "tokens", requests_per_minute=6000, tokens_per_minute=600)
+    b = SharedRateLimit(redis, "test", "tokens", requests_per_minute=6000, tokens_per_minute=600)  # another worker
+    assert a.try_acquire(300) == 0 and b.try_acquire(300) == 0
+    wait = a.try_acquire(300)
+    assert 25 < wait <= 30  # 300 tokens at 600/min: half a minute, less what refilled meanwhile
+    redis.close()
