@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from .. import counts
 from ..dataset import Item
+from ..models.base import EditCancelled
 from .outputs import Manifest, manifest_record
 from .resume import Carried
 
@@ -46,6 +47,10 @@ class Recorder:
     def record(self, item: Item, result: dict[str, Any], round_no: int, *, stopping: bool) -> bool:
         """Put one attempt's result in the manifest; True if the item is to be tried again."""
         index = item.index
+        if str(result.get("error") or "").startswith(f"{EditCancelled.__name__}:"):
+            # Stopped mid-edit because the run was cancelled: it did not fail, it was not run.
+            self.close(item, result["error"], round_no, status=counts.NOT_RUN)
+            return False
         hopeless = False
         if result.get("lost") and not result.get("started"):
             # Queued on, or held by, a worker that went away before starting it: not an attempt,
