@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .. import counts
+from .. import clock, counts
 from ..dataset import Item
 from .outputs import Manifest, manifest_record
 from .resume import Carried
@@ -19,8 +19,9 @@ from .resume import Carried
 
 class Recorder:
     def __init__(self, out_dir: Path, items: list[Item], seeds: dict[int, int], carried: Carried, *, retries: int,
-                 todo: list[Item], run_id: str):
+                 todo: list[Item], run_id: str, clock_vs_redis: float | None = None):
         self.run_id = run_id  # each record names the run that computed it (a folder may see several)
+        self.clock_vs_redis = clock_vs_redis  # the producer's clock against Redis's: workers' times move onto it
         self.items = items
         self.seeds = seeds
         self.retries = retries
@@ -45,6 +46,7 @@ class Recorder:
     def record(self, item: Item, result: dict[str, Any], round_no: int, *, stopping: bool) -> bool:
         """Put one attempt's result in the manifest; True if the item is to be tried again."""
         index = item.index
+        result = clock.on_producer_clock(result, self.clock_vs_redis)
         hopeless = False
         if result.get("lost") and not result.get("started"):
             # Queued on, or held by, a worker that went away before starting it: not an attempt,
