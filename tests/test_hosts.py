@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -131,13 +132,22 @@ def check_files(out: Path, calls: Path, n: int = N) -> tuple[list[dict], list[st
     return manifest, sorted(i for i, k in counted.items() if k > 1)
 
 
-def run_with_fault(cluster, tmp_path, image, mode, host: str | None, cut_s: float, after_calls: int = 4):
-    """A run with `host`'s link cut for `cut_s` seconds once `after_calls` edits started; returns
-    (producer, out folder, call log, the item each worker of `host` had started at the cut, cut time)."""
+@dataclass
+class Faulted:
+    producer: Producer
+    out: Path
+    calls: Path
+    running: dict  # device -> the item it had started last when the link was cut
+    cut_at: float | None
+    restored_at: float | None
+
+
+def run_with_fault(cluster, tmp_path, image, mode, host: str | None, cut_s: float, after_calls: int = 4) -> Faulted:
+    """A run with `host`'s link cut for `cut_s` seconds once `after_calls` edits started."""
     config = run_config(tmp_path, cluster["url"], cluster["roots"], image, mode)
     calls = tmp_path / "calls.jsonl"
     producer = Producer(cluster["net"], config)
-    cut_at, running = None, {}
+    cut_at, restored_at, running = None, None, {}
     if host is not None:
         started = wait_calls(calls, after_calls, producer)
         cut_at = time.monotonic()
@@ -148,9 +158,10 @@ def run_with_fault(cluster, tmp_path, image, mode, host: str | None, cut_s: floa
             time.sleep(cut_s)
         finally:
             cluster["net"].restore(host)
+            restored_at = time.monotonic()
     rc = producer.wait(240)
     assert rc == 0, producer.text()[-4000:] + producer.err[-2000:]
-    return producer, tmp_path / "out", calls, running, cut_at
+    return Faulted(producer, tmp_path / "out", calls, running, cut_at, restored_at)
 
 
 def report(name: str, mode: str, twice: list[str], **figures) -> None:
@@ -171,14 +182,15 @@ def one_host(tmp_path_factory, sample_image):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_run_across_three_hosts_matches_one_host(cluster, one_host, tmp_path, sample_image, mode):
-    producer, out, calls, _, _ = run_with_fault(cluster, tmp_path, sample_image, mode, None, 0)
-    manifest, twice = check_files(out, calls)
+    run = run_with_fault(cluster, tmp_path, sample_image, mode, None, 0)
+    manifest, twice = check_files(run.out, run.calls)
     assert twice == []
-    assert {r["worker"].split("-")[0] for r in manifest} == {"a", "b", "c"}
+    assert {r["device"].split("-")[0] for r in manifest} == {"a", "b", "c"}
     for row in manifest:
-        assert (out / row["output"]).read_bytes() == (one_host / row["output"]).read_bytes(), row["id"]
+        assert (run.out / row["output"]).read_bytes() == (one_host / row["output"]).read_bytes(), row["id"]
     # Host c's clock is an hour behind: its times are put on the producer's clock, none is absurd.
-    _, summary = read_run(out)
+    _, summary = read_run(run.out)
+    assert {r["clock_offset_s"] for r in manifest if r["device"] == "c-cpu0"} == {SKEW_S}
     starts = [r["started_at"] for r in manifest]
     assert max(starts) - min(starts) < 600 and summary["makespan_s"] < 600, summary
     assert all(r["finished_at"] >= r["started_at"] for r in manifest)
@@ -188,34 +200,94 @@ def test_a_run_across_three_hosts_matches_one_host(cluster, one_host, tmp_path, 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_worker_host_cut_off_is_replaced_and_rejoins(cluster, tmp_path, sample_image, mode):
     cut_s = 10.0  # longer than the presence TTL (6 s)
-    producer, out, calls, running, cut_at = run_with_fault(cluster, tmp_path, sample_image, mode, "b", cut_s)
-    lost = producer.first("b-cpu0 lost", cut_at)
-    assert lost is not None, producer.text()[-3000:]
-    manifest, twice = check_files(out, calls)
-    # Only what b held when cut off may run twice; the late copy never replaces the committed one.
-    assert set(twice) <= {running.get("b-cpu0")}, (twice, running)
-    log = cluster["root"] / "worker-b-cpu0.log"
-    deadline = time.monotonic() + 30
-    while twice and "superseded by a later claim" not in log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not list((out / ".attempts").iterdir()) or twice
+    run = run_with_fault(cluster, tmp_path, sample_image, mode, "b", cut_s)
+    lost = run.producer.first("b-cpu0 lost", run.cut_at)
+    back = run.producer.first("b-cpu0 back", run.restored_at)
+    assert lost is not None, run.producer.text()[-3000:]
+    manifest, twice = check_files(run.out, run.calls)
+    # Only what b held when cut off may run twice; its late copy loses the commit and leaves no files.
+    assert set(twice) <= {run.running.get("b-cpu0")}, (twice, run.running)
+    if twice:
+        log = cluster["root"] / "worker-b-cpu0.log"
+        assert wait_for(lambda: f"{twice[0]} superseded by a later claim" in log.read_text(), 30), log.read_text()
+        assert wait_for(lambda: not list((run.out / ".attempts").iterdir()), 10)
+        check_files(run.out, run.calls)  # the record on disk is still the committed attempt
     # b is back: the next run uses it.
-    again, out2, calls2, _, _ = run_with_fault(cluster, tmp_path / "again", sample_image, mode, None, 0)
-    manifest2, _ = check_files(out2, calls2)
-    assert "b-cpu0" in {r["worker"] for r in manifest2}
-    report("worker host cut", mode, twice, detected=lost, cut=cut_s)
+    again = run_with_fault(cluster, tmp_path / "again", sample_image, mode, None, 0)
+    manifest2, _ = check_files(again.out, again.calls)
+    assert "b-cpu0" in {r["device"] for r in manifest2}
+    report("worker host cut", mode, twice, detected=lost, back=back if back is not None else "after the run",
+           cut=cut_s)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_the_redis_host_unreachable_for_20s(cluster, tmp_path, sample_image, mode):
-    producer, out, calls, _, cut_at = run_with_fault(cluster, tmp_path, sample_image, mode, "redis", 20.0)
-    manifest, twice = check_files(out, calls)
-    report("redis host cut", mode, twice, total=time.monotonic() - cut_at)
+    run = run_with_fault(cluster, tmp_path, sample_image, mode, "redis", 20.0)
+    manifest, twice = check_files(run.out, run.calls)
+    report("redis host cut", mode, twice, ended_after_restore=time.monotonic() - run.restored_at)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_the_producer_host_cut_off_for_20s(cluster, tmp_path, sample_image, mode):
-    producer, out, calls, _, cut_at = run_with_fault(cluster, tmp_path, sample_image, mode, "prod", 20.0)
-    manifest, twice = check_files(out, calls)
+    run = run_with_fault(cluster, tmp_path, sample_image, mode, "prod", 20.0)
+    manifest, twice = check_files(run.out, run.calls)
     assert twice == []
-    report("producer host cut", mode, twice, total=time.monotonic() - cut_at)
+    report("producer host cut", mode, twice, ended_after_restore=time.monotonic() - run.restored_at)
+
+
+def wait_for(check, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return check()
+
+
+def cli(cluster, host: str, *args: str, timeout: float = 60) -> tuple[int, str]:
+    """`editbatch ARGS` on `host`; (exit code, stdout and stderr)."""
+    proc = cluster["net"].editbatch(host, *args, "--broker", cluster["url"], "--config", str(cluster["service"]))
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out.decode(errors="replace") + err.decode(errors="replace")
+
+
+def test_a_job_submitted_from_one_host_runs_on_the_others_and_is_cancelled_from_a_third(cluster, tmp_path,
+                                                                                          sample_image):
+    n = 24
+    service = cluster["service"] = write_config(tmp_path / "cluster.yaml", name="service",
+                           model={"type": "simulated", "path": "sim"},
+                           cluster={"broker": cluster["url"], "devices": DEVICES, "namespace": NAMESPACE,
+                                    "ready_timeout_s": 90, "output_roots": [cluster["roots"]],
+                                    "input_roots": [cluster["roots"]]})
+    serve = cluster["net"].editbatch("prod", "serve", "--config", str(service), "--broker", cluster["url"],
+                                     log=tmp_path / "serve.log")
+    job = write_config(tmp_path / "job.yaml", name="hosts-job",
+                       dataset={"path": str(write_dataset(tmp_path / "data", simple_rows(n, sample_image)))},
+                       output_dir=str(tmp_path / "out"),
+                       model={"type": "simulated", "path": "sim",
+                              "params": {"seconds": SECONDS, "call_log": str(tmp_path / "calls.jsonl")}},
+                       schedule={"mode": "balanced", "task_timeout_s": 60})
+    code, said = cli(cluster, "c", "submit", str(job), "--id", "hosts-job-1")
+    assert code == 0, said
+    calls = tmp_path / "calls.jsonl"
+    assert wait_for(lambda: calls.exists() and calls.read_text().count("\n") >= 6, 90), \
+        (tmp_path / "serve.log").read_text()[-3000:]
+    code, said = cli(cluster, "a", "cancel", "hosts-job-1")
+    assert code == 0 and "cancel requested" in said, said
+    assert wait_for(lambda: '"state": "cancelled"' in cli(cluster, "b", "status", "hosts-job-1", "--json")[1], 60)
+    assert serve.poll() is None  # the coordinator takes the next job
+    out = tmp_path / "out"
+    manifest, summary = read_run(out)
+    assert sorted(r["id"] for r in manifest) == [f"item-{i:03d}" for i in range(n)]
+    assert summary["not_run"] > 0, summary
+    # An edit the cancel stopped midway ends failed with its reason (as on one host); nothing else fails.
+    assert all(r["status"] in ("ok", "not_run") or r["errors"] == ["EditCancelled: run cancelled during the edit"]
+               for r in manifest), [(r["id"], r["errors"]) for r in manifest]
+    for row in manifest:
+        if row["status"] == "ok":
+            with Image.open(out / row["output"]) as im:
+                im.load()
+    assert {r["device"].split("-")[0] for r in manifest if r["status"] == "ok"} >= {"a", "b"}
+    counted = Counter(c["id"] for c in read_jsonl(calls))
+    assert max(counted.values()) == 1, counted
+    report("job across hosts", "balanced", [], ok=summary["ok"], not_run=summary["not_run"])
