@@ -225,7 +225,7 @@ def test_the_redis_host_unreachable_for_20s(cluster, tmp_path, sample_image, mod
     run = run_with_fault(cluster, tmp_path, sample_image, mode, "redis", 20.0)
     manifest, twice = check_files(run.out, run.calls)
     # Every record lapsed while Redis was away, for everyone alike: no worker is written off for it.
-    assert run.producer.first(" lost: continuing", run.cut_at) is None, run.producer.text()[-3000:]
+    assert run.producer.first(" lost: continuing", run.cut_at) is None, run.producer.text()[-3000:] + run.producer.err
     report("redis host cut", mode, twice, ended_after_restore=time.monotonic() - run.restored_at)
 
 

@@ -82,13 +82,13 @@ class Vantage:
     GAP_S = keys.PRESENCE_TTL_S - keys.PRESENCE_BEAT_S  # longer than this without a look: records may have lapsed
 
     def __init__(self) -> None:
-        self._last_look: float | None = None
+        self._last_look = time.monotonic()  # made by a watcher that has just reached Redis
         self._deaf_until = 0.0
 
     def looked(self) -> bool:
         """Note a look that reached Redis; True when a missing record may be taken as a worker gone."""
         now = time.monotonic()
-        if self._last_look is not None and now - self._last_look > self.GAP_S:
+        if now - self._last_look > self.GAP_S:
             self._deaf_until = now + keys.PRESENCE_TTL_S  # the workers' beats resume within this
         self._last_look = now
         return now >= self._deaf_until
