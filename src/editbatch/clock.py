@@ -44,8 +44,8 @@ def versus_redis(redis: Redis) -> float:
 def on_producer_clock(result: dict[str, Any], producer_vs_redis: float | None) -> dict[str, Any]:
     """`result` with its worker's times moved onto the producer's clock when the two disagree by much."""
     worker_vs_redis = result.get("clock_vs_redis_s")
-    if worker_vs_redis is None or producer_vs_redis is None:
-        return result
+    if worker_vs_redis is None or producer_vs_redis is None or result.get("reused"):
+        return result  # a reused item's times were taken by whichever worker computed it, maybe on another host
     offset = round(worker_vs_redis - producer_vs_redis, 3)  # the shift applied is the one the manifest names
     if abs(offset) <= TRUSTED_SKEW_S:
         return result
