@@ -29,9 +29,11 @@ class Presence:
     after any write in flight, so a withdrawn worker does not come back.
     """
 
-    def __init__(self, redis: Redis, namespace: str, queue: str):
+    def __init__(self, redis: Redis, namespace: str, queue: str, *, beat_redis: Redis | None = None):
         self.redis = redis
-        self._beat_redis = _quick_client(redis)  # the beat's own: it gives up within a beat (see below)
+        # The beat's own client, whose calls give up within a beat (redisconn.quick): after a network cut
+        # the record is written again as soon as the link is back, not when TCP's backoff lets a stuck call end.
+        self._beat_redis = beat_redis or redis
         self.key = keys.worker(namespace, queue)
         self.record: dict[str, Any] = {}
         self._lock = threading.Lock()  # the record and every SET of it
@@ -70,19 +72,6 @@ class Presence:
                 self.redis.delete(self.key)
             except Exception:  # noqa: BLE001 - the TTL removes it anyway
                 pass
-
-
-def _quick_client(redis: Redis) -> Redis:
-    """A client of the same Redis whose calls give up within a beat.
-
-    After a network cut, a connection whose request was lost waits for TCP's
-    retransmission backoff (tens of seconds) before it hears again; a beat
-    that gives up and reconnects is heard as soon as the link is back, so
-    the worker's record returns within a beat or two instead of 20 s later.
-    """
-    kwargs = dict(redis.connection_pool.connection_kwargs)
-    kwargs.update(socket_timeout=BEAT_S, socket_connect_timeout=BEAT_S, retry=None, retry_on_error=[])
-    return Redis(connection_pool=redis.connection_pool.__class__(**kwargs))
 
 
 def read_workers(redis: Redis, namespace: str, queues: list[str]) -> dict[str, dict[str, Any] | None]:

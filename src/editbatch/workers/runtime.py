@@ -130,7 +130,8 @@ def start(broker_url: str, device_spec: str, config_path: str | Path) -> WorkerR
     redis = redisconn.connect(broker_url)
     host = socket.gethostname()
     name = f"{device.queue}@{host}"
-    presence = Presence(redis, config.cluster.namespace, device.queue)
+    presence = Presence(redis, config.cluster.namespace, device.queue,
+                        beat_redis=redisconn.quick(redis, keys.PRESENCE_BEAT_S))
     model_desc = model_identity(config.model)
     presence.publish(state="loading", device=device.queue, queue=device.queue, host=host, pid=os.getpid(),
                      worker=name, model=model_desc, shared_queue=shared_queue(model_desc), load="cold",
