@@ -62,3 +62,16 @@ def test_compose_runs_the_coordinator_with_a_valid_cluster_config(monkeypatch):
     monkeypatch.setenv("EDITBATCH_BROKER", "redis://:x@redis:6379/0")
     config = load_cluster_config(REPO / command[command.index("--config") + 1].replace("/workspace/", ""))
     assert [d.queue for d in config.devices] == [f"gpu{i}" for i in range(6)] and config.jobs.max_queued == 100
+
+
+def test_worker_host_compose_file_starts_only_workers_named_by_node_against_an_outside_redis():
+    data = yaml.safe_load((REPO / "docker-compose.worker-host.yml").read_text())
+    services = data["services"]
+    assert sorted(services) == ["worker-gpu0", "worker-gpu1"]  # no Redis, Flower or producer on a worker host
+    for i, name in enumerate(sorted(services)):
+        svc = services[name]
+        assert " ".join(svc["command"]).endswith(f"--device ${{EDITBATCH_NODE:?set EDITBATCH_NODE}}:{i}")
+        assert svc["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == [str(i)]
+        assert svc["environment"]["EDITBATCH_BROKER"].startswith("${EDITBATCH_BROKER:?")
+        shared = "${EDITBATCH_SHARED:?set EDITBATCH_SHARED}"
+        assert f"{shared}:{shared}" in svc["volumes"]  # the same path inside as on the host
