@@ -87,3 +87,16 @@ def test_the_service_config_is_a_worker_config():
     config = load_config(REPO / "configs" / "service.yaml", check_dataset=False)
     assert [d.queue for d in config.devices] == [f"gpu{i}" for i in range(6)]
     assert roots_for(config).outputs == ("/workspace/runs",) and roots_for(config).inputs == ("/workspace/data",)
+
+
+def test_worker_host_compose_file_starts_only_workers_named_by_node_against_an_outside_redis():
+    data = yaml.safe_load((REPO / "docker-compose.worker-host.yml").read_text())
+    services = data["services"]
+    assert sorted(services) == ["worker-gpu0", "worker-gpu1"]  # no Redis, Flower or producer on a worker host
+    for i, name in enumerate(sorted(services)):
+        svc = services[name]
+        assert " ".join(svc["command"]).endswith(f"--device ${{EDITBATCH_NODE:?set EDITBATCH_NODE}}:{i}")
+        assert svc["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == [str(i)]
+        assert svc["environment"]["EDITBATCH_BROKER"].startswith("${EDITBATCH_BROKER:?")
+        shared = "${EDITBATCH_SHARED:?set EDITBATCH_SHARED}"
+        assert f"{shared}:{shared}" in svc["volumes"]  # the same path inside as on the host

@@ -11,11 +11,17 @@ gone: it finishes the item it holds, then leaves.
 A worker judged gone may still be alive (a long pause, a network cut) and
 finish its item later; fencing at the item's commit (see `tasks/commit.py`)
 makes that harmless, so this rule can afford to be quick.
+
+Silence is evidence only when the one who listens could have heard: after
+the watcher's own link to Redis was down (Redis's host cut off from every
+host, or the watcher's), every record has expired, and the workers need a
+beat or two to write theirs again. `Vantage` says when silence counts again.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -68,3 +74,21 @@ def look(redis: Redis, namespace: str, queues: Iterable[str]) -> dict[str, Seen]
 def gone(redis: Redis, namespace: str, queue: str, pid: int | None = None) -> str | None:
     """Why the worker serving `queue` (process `pid`, when given) is gone, or None while it lives."""
     return look(redis, namespace, [queue])[queue].gone(pid)
+
+
+class Vantage:
+    """Where a watcher stands: after a gap in its own view of Redis, missing records say nothing for one TTL."""
+
+    GAP_S = keys.PRESENCE_TTL_S - keys.PRESENCE_BEAT_S  # longer than this without a look: records may have lapsed
+
+    def __init__(self) -> None:
+        self._last_look = time.monotonic()  # made by a watcher that has just reached Redis
+        self._deaf_until = 0.0
+
+    def looked(self) -> bool:
+        """Note a look that reached Redis; True when a missing record may be taken as a worker gone."""
+        now = time.monotonic()
+        if now - self._last_look > self.GAP_S:
+            self._deaf_until = now + keys.PRESENCE_TTL_S  # the workers' beats resume within this
+        self._last_look = now
+        return now >= self._deaf_until

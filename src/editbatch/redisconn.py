@@ -41,6 +41,19 @@ def connect(url: str) -> Redis:
         retry_on_error=[RedisConnectionError, RedisTimeoutError])
 
 
+def quick(redis: Redis, timeout_s: float) -> Redis:
+    """A client of the same Redis whose calls give up after `timeout_s`, without retries.
+
+    After a network cut, a connection whose request was lost waits out TCP's
+    retransmission backoff (10-20 s after the link is back) before it hears
+    again; a call that gives up and reconnects gets through as soon as the
+    link is back. For small periodic writes (the worker's heartbeat).
+    """
+    kwargs = dict(redis.connection_pool.connection_kwargs)
+    kwargs.update(socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=None, retry_on_error=[])
+    return Redis(connection_pool=redis.connection_pool.__class__(**kwargs))
+
+
 def blpop(redis: Redis, keys: list[str], timeout_s: float, *,
           stop: Callable[[], bool] | None = None) -> tuple[bytes, bytes] | None:
     """BLPOP for up to `timeout_s` seconds in total, whatever the socket timeout.

@@ -52,6 +52,7 @@ class Dispatcher:
         self.dead: dict[str, str] = {}  # device queue -> why its items fail
         self.revivable: set[str] = set()  # written off because its worker was gone: back when a worker serves
         self.seen: dict[str, liveness.Seen] = {}  # the workers at the last check
+        self.vantage = liveness.Vantage()
         self.held_by: dict[int, tuple[str, int | None]] = {}  # ordinal -> (device, worker pid) holding it
         self.pids: dict[str, int] = {}  # device -> pid of the worker serving it now
         self.started: set[int] = set()
@@ -135,10 +136,13 @@ class Dispatcher:
             return []
         holders = {device for device, _ in self.held_by.values() if device}
         try:
-            self.seen = self.watch.look(self.device_queues | holders)
+            seen = self.watch.look(self.device_queues | holders)
             queued = self.watch.queued(self.device_queues)
         except redisconn.TRANSIENT:
             return []  # Redis away: nothing can be judged now
+        if not self.vantage.looked():
+            return []  # back after our own gap: the workers' records have not been written again yet
+        self.seen = seen
         for queue in sorted(self.device_queues):
             seen = self.seen[queue]
             if not seen.serving:

@@ -14,7 +14,7 @@ from .. import layout
 from ..atomicfile import write_atomic
 
 MANIFEST_FIELDS = ("id", "index", "status", "output", "device", "worker", "batch", "seed", "submitted_at",
-                   "started_at", "finished_at", "reported_at", "error")
+                   "started_at", "finished_at", "reported_at", "error", "attempt", "clock_offset_s")
 
 
 def manifest_record(item, seed: int, result: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import counts
+from .. import clock, counts
 from ..dataset import Item
 from ..models.base import EditCancelled
 from .outputs import Manifest, manifest_record
@@ -20,8 +20,9 @@ from .resume import Carried
 
 class Recorder:
     def __init__(self, out_dir: Path, items: list[Item], seeds: dict[int, int], carried: Carried, *, retries: int,
-                 todo: list[Item], run_id: str):
+                 todo: list[Item], run_id: str, clock_vs_redis: float | None = None):
         self.run_id = run_id  # each record names the run that computed it (a folder may see several)
+        self.clock_vs_redis = clock_vs_redis  # the producer's clock against Redis's: workers' times move onto it
         self.items = items
         self.seeds = seeds
         self.retries = retries
@@ -47,6 +48,7 @@ class Recorder:
     def record(self, item: Item, result: dict[str, Any], round_no: int, *, stopping: bool) -> bool:
         """Put one attempt's result in the manifest; True if the item is to be tried again."""
         index = item.index
+        result = clock.on_producer_clock(result, self.clock_vs_redis)
         if str(result.get("error") or "").startswith(f"{EditCancelled.__name__}:"):
             # Stopped mid-edit because the run was cancelled: it did not fail, it was not run.
             self.close(item, result["error"], round_no, status=counts.NOT_RUN)

@@ -20,7 +20,7 @@ from typing import Any, Callable, TextIO
 
 from redis.exceptions import ResponseError
 
-from .. import counts, keys, layout, redisconn, runstate
+from .. import clock, counts, keys, layout, redisconn, runstate
 from ..celery_app import make_app, visibility_timeout
 from ..config import RunConfig, mask_password
 from ..dataset import where
@@ -186,8 +186,9 @@ class Run:
             "runs": earlier + [plan.run_id],
         }
         write_json(plan.out_dir / layout.RUN, run_file)
+        producer_clock = redisconn.retrying(lambda: clock.versus_redis(redis), 60)
         recorder = Recorder(plan.out_dir, plan.items, plan.seeds, plan.carried, retries=sched.retries, todo=plan.todo,
-                            run_id=plan.run_id)
+                            run_id=plan.run_id, clock_vs_redis=producer_clock)
         self.report_progress(recorder)
         return recorder, run_file
 

@@ -8,11 +8,10 @@ then tell the guard, log, and report to the producer's inbox.
 
 from __future__ import annotations
 
-import time
-
 from celery import shared_task
 from celery.utils.log import get_task_logger
 
+from .. import clock
 from ..models import identity
 from ..workers import runtime
 from . import steps
@@ -42,7 +41,8 @@ def edit(self, payload: dict) -> dict:
     if rt.guard is not None and rt.guard.task_finished(result["error"]):
         _stop_consuming(self)
     _log(task, rt, result)
-    result["reported_at"] = time.time()
+    result["reported_at"] = clock.now()
+    result["clock_vs_redis_s"] = rt.clock_vs_redis()
     if task.report:
         rt.report(task.report, result)
     return fail_task_if_failed(result)  # after reporting: Flower shows a failed item as FAILURE

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from PIL import Image
 
-from .. import ledger, redisconn
+from .. import clock, ledger, redisconn
 from ..imageio import load_rgb
 from ..models import identity
 from ..models.base import EditRequest
@@ -82,7 +82,7 @@ def fail(result: dict[str, Any], error: str, trace: str | None = None) -> None:
     if trace:
         result["traceback"] = trace
     if result["started_at"] is None:
-        result["started_at"] = result["finished_at"] = time.time()
+        result["started_at"] = result["finished_at"] = clock.now()
 
 
 def check_model(task: EditTask, rt: "runtime.WorkerRuntime") -> None:
@@ -109,11 +109,12 @@ def compute(task: EditTask, rt: "runtime.WorkerRuntime", result: dict[str, Any])
         rt.event(task.report, "started", task.index)
     if rt.guard is not None:
         rt.guard.task_started(task.id, task.timeout_s)
-    result["started_at"] = time.time()
+    result["started_at"] = clock.now()
+    began = time.monotonic()  # the edit's length on a clock that never steps
     try:
         out = model.edit(request)
     finally:
-        result["finished_at"] = time.time()
+        result["finished_at"] = result["started_at"] + (time.monotonic() - began)
     return Edited(out.image, dict(out.info), list(zip(task.images, images)))
 
 

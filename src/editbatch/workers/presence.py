@@ -29,8 +29,11 @@ class Presence:
     after any write in flight, so a withdrawn worker does not come back.
     """
 
-    def __init__(self, redis: Redis, namespace: str, queue: str):
+    def __init__(self, redis: Redis, namespace: str, queue: str, *, beat_redis: Redis | None = None):
         self.redis = redis
+        # The beat's own client, whose calls give up within a beat (redisconn.quick): after a network cut
+        # the record is written again as soon as the link is back, not when TCP's backoff lets a stuck call end.
+        self._beat_redis = beat_redis or redis
         self.key = keys.worker(namespace, queue)
         self.record: dict[str, Any] = {}
         self._lock = threading.Lock()  # the record and every SET of it
@@ -58,7 +61,7 @@ class Presence:
                     return
                 try:
                     # Rewrite rather than expire: the record survives a Redis restart.
-                    self.redis.set(self.key, json.dumps(self.record), ex=TTL_S)
+                    self._beat_redis.set(self.key, json.dumps(self.record), ex=TTL_S)
                 except Exception:  # noqa: BLE001 - a missed beat is retried on the next one
                     pass
 

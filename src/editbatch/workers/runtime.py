@@ -17,7 +17,7 @@ from typing import Any
 
 from redis import Redis
 
-from .. import keys, redisconn, runstate
+from .. import clock, keys, redisconn, runstate
 from ..config import ClusterConfig, ModelConfig, load_config
 from ..devices import Device, parse_device
 from ..models.base import EditModel
@@ -34,6 +34,7 @@ log = logging.getLogger("editbatch.worker")
 # cut short once the worker is shutting down, so it never outlives its producer by a minute.
 REDIS_RETRY_S = 60.0
 shutting_down = threading.Event()
+CLOCK_CHECK_S = 60.0
 
 
 def keep_retrying(call):
@@ -58,6 +59,7 @@ class WorkerRuntime:
     model_slot: int = 0  # this device's position in cluster.devices (the simulated model's speed table)
     guard: Guard | None = None  # watchdog for stuck edits, retirement after repeated CUDA errors
     scorers: dict[str, Any] = field(default_factory=dict)  # evaluate spec (JSON) -> its loaded ItemScorer
+    _clock: tuple[float, float | None] = (float("-inf"), None)  # (measured at, monotonic; this clock vs Redis's)
 
     @property
     def loaded(self) -> dict[str, Any]:
@@ -83,6 +85,16 @@ class WorkerRuntime:
                      time.perf_counter() - started)
             self.scorers[key] = scorer
         return self.scorers[key]
+
+    def clock_vs_redis(self) -> float | None:
+        """This host's clock against Redis's (see clock.py), measured again at most once a minute."""
+        measured_at, offset = self._clock
+        if time.monotonic() - measured_at > CLOCK_CHECK_S:
+            try:
+                self._clock = (time.monotonic(), clock.versus_redis(self.redis))
+            except redisconn.TRANSIENT:
+                pass  # the last measure (or none) until Redis answers
+        return self._clock[1]
 
     def check_key(self, key: str) -> None:
         """Only run keys of our namespace: a payload must not make us write elsewhere."""
@@ -135,7 +147,8 @@ def start(broker_url: str, device_spec: str, config_path: str | Path) -> WorkerR
     redis = redisconn.connect(broker_url)
     host = socket.gethostname()
     name = f"{device.queue}@{host}"
-    presence = Presence(redis, config.cluster.namespace, device.queue)
+    presence = Presence(redis, config.cluster.namespace, device.queue,
+                        beat_redis=redisconn.quick(redis, keys.PRESENCE_BEAT_S))
     model_desc = model_identity(config.model)
     presence.publish(state="loading", device=device.queue, queue=device.queue, host=host, pid=os.getpid(),
                      worker=name, model=model_desc, shared_queue=shared_queue(model_desc), load="cold",
