@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from editbatch.cluster.redis_server import RedisServer
@@ -119,3 +122,25 @@ def wait_state(service: Service, job_id: str, states: tuple[str, ...], timeout: 
             return record
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} not in {states}: {store.get(job_id)}\n{service.log()}")
+
+
+@contextlib.contextmanager
+def simulated_service(folder: Path, devices: tuple[str, ...] = ("cpu", "cpu"), **kwargs):
+    """A started coordinator with simulated-model workers in `folder`, closed on the way out."""
+    svc = Service(folder, model={"type": "simulated", "path": "sim"}, devices=list(devices), **kwargs)
+    svc.start()
+    try:
+        yield svc
+    finally:
+        svc.close()
+
+
+def flower_call(port: int, auth: str, path: str, body: dict | None = None):
+    """One call to Flower's REST API on 127.0.0.1 with basic auth: GET, or POST of a JSON body."""
+    headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode(),
+               "Content-Type": "application/json"}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers,
+                                     method="POST" if body else "GET",
+                                     data=json.dumps(body).encode() if body else None)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())

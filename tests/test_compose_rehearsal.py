@@ -6,12 +6,10 @@ Costs about 15 s on 2 cores (nine processes start; three small jobs of simulated
 
 from __future__ import annotations
 
-import base64
 import json
 import secrets
 import shutil
 import time
-import urllib.request
 
 import pytest
 import yaml
@@ -20,16 +18,7 @@ from editbatch.redisconn import connect
 
 from .compose_rehearsal import Rehearsal
 from .conftest import read_run, simple_rows, write_dataset
-
-
-def call(port: int, auth: str, path: str, body: dict | None = None):
-    headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode(),
-               "Content-Type": "application/json"}
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers,
-                                      method="POST" if body else "GET",
-                                      data=json.dumps(body).encode() if body else None)
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
+from .jobs_helpers import flower_call
 
 
 @pytest.fixture
@@ -93,7 +82,7 @@ def test_the_compose_services_run_jobs_from_the_cli_the_producer_and_flower(comp
     wait_for("flower sees the coordinator", lambda: _flower_sees_jobs(compose.flower_port, auth), compose, 60)
     config = {**producer_config, "name": "third", "output_dir": str(runs / "third")}
     config.pop("cluster")
-    sent = call(compose.flower_port, auth, "/api/task/send-task/editbatch.job", {"kwargs": {"config": config}})
+    sent = flower_call(compose.flower_port, auth, "/api/task/send-task/editbatch.job", {"kwargs": {"config": config}})
     result = wait_for("the Flower job ends", lambda: _ended(compose.flower_port, auth, sent["task-id"]), compose)
     assert result["state"] == "SUCCESS", result
 
@@ -114,11 +103,11 @@ def _pings(redis) -> bool:
 
 def _flower_sees_jobs(port: int, auth: str) -> bool:
     try:
-        return any(name.startswith("jobs@") for name in call(port, auth, "/api/workers?refresh=1"))
+        return any(name.startswith("jobs@") for name in flower_call(port, auth, "/api/workers?refresh=1"))
     except OSError:
         return False
 
 
 def _ended(port: int, auth: str, task_id: str):
-    result = call(port, auth, f"/api/task/result/{task_id}")
+    result = flower_call(port, auth, f"/api/task/result/{task_id}")
     return result if result.get("state") in ("SUCCESS", "FAILURE", "REVOKED") else None

@@ -7,8 +7,6 @@ Costs about 14 s on 2 cores (a coordinator with two workers, Flower, Chromium on
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import shutil
 import subprocess
@@ -23,7 +21,7 @@ import yaml
 from editbatch.cluster.redis_server import free_port
 
 from .conftest import REPO
-from .jobs_helpers import Service, wait_state
+from .jobs_helpers import flower_call, simulated_service, wait_state
 
 AUTH = "ops:secret"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -38,13 +36,7 @@ class Flower:
                                      stderr=subprocess.STDOUT)
 
     def call(self, path: str, body: dict | None = None):
-        headers = {"Authorization": "Basic " + base64.b64encode(AUTH.encode()).decode(),
-                   "Content-Type": "application/json"}
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", headers=headers,
-                                          method="POST" if body else "GET",
-                                          data=json.dumps(body).encode() if body else None)
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
+        return flower_call(self.port, AUTH, path, body)
 
     def info(self, task_id: str) -> dict:
         try:
@@ -65,13 +57,8 @@ class Flower:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    svc = Service(tmp_path_factory.mktemp("flower-jobs"), model={"type": "simulated", "path": "sim"},
-                  devices=["cpu", "cpu"])
-    svc.start()
-    try:
+    with simulated_service(tmp_path_factory.mktemp("flower-jobs")) as svc:
         yield svc
-    finally:
-        svc.close()
 
 
 @pytest.fixture(scope="module")

@@ -14,18 +14,13 @@ from editbatch.jobs.store import JobStore, QueueFull
 from editbatch.redisconn import connect
 
 from .conftest import read_jsonl, read_run
-from .jobs_helpers import Service, wait_state
+from .jobs_helpers import simulated_service, wait_state
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    svc = Service(tmp_path_factory.mktemp("service"), model={"type": "simulated", "path": "sim"},
-                  devices=["cpu", "cpu"])
-    svc.start()
-    try:
+    with simulated_service(tmp_path_factory.mktemp("service")) as svc:
         yield svc
-    finally:
-        svc.close()
 
 
 def test_submit_wait_status_and_list_from_the_cli(service, sample_image):

@@ -12,18 +12,13 @@ import pytest
 from editbatch.jobs.store import JobStore
 
 from .conftest import read_jsonl, read_run
-from .jobs_helpers import Service, wait_state
+from .jobs_helpers import Service, simulated_service, wait_state
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    svc = Service(tmp_path_factory.mktemp("concurrent"), model={"type": "simulated", "path": "sim"},
-                  devices=["cpu", "cpu"], jobs={"max_running": 2})
-    svc.start()
-    try:
+    with simulated_service(tmp_path_factory.mktemp("concurrent"), jobs={"max_running": 2}) as svc:
         yield svc
-    finally:
-        svc.close()
 
 
 def check_all_ok(service: Service, job_id: str, name: str, n: int) -> dict:
