@@ -192,7 +192,11 @@ def test_a_run_across_three_hosts_matches_one_host(cluster, one_host, tmp_path, 
         assert (run.out / row["output"]).read_bytes() == (one_host / row["output"]).read_bytes(), row["id"]
     # Host c's clock is an hour behind: its times are put on the producer's clock, none is absurd.
     _, summary = read_run(run.out)
-    assert {r["clock_offset_s"] for r in manifest if r["device"] == "c-cpu0"} == {SKEW_S}
+    # The shift is measured (each clock against Redis's TIME, good to half a round trip), so it is
+    # the hour give or take milliseconds; hosts whose clocks agree are not shifted at all.
+    shifts = {r["device"]: r.get("clock_offset_s") for r in manifest}
+    assert all(abs(shifts[d] - SKEW_S) < 0.05 for d in shifts if d.startswith("c-")), shifts
+    assert all(shifts[d] is None for d in shifts if not d.startswith("c-")), shifts
     starts = [r["started_at"] for r in manifest]
     assert max(starts) - min(starts) < 600 and summary["makespan_s"] < 600, summary
     assert all(r["finished_at"] >= r["started_at"] for r in manifest)
