@@ -1,4 +1,4 @@
-"""docker-compose.yml played as local processes: each service's command, environment and config files.
+"""A compose file (docker-compose.yml by default) played as local processes: commands, environment, configs.
 
 Docker cannot run here, so the rehearsal reads the compose file and starts
 what each service would run, with three translations only: the volumes'
@@ -54,9 +54,9 @@ def replace_paths(text: str, mapping: dict[str, Path]) -> str:
 class Rehearsal:
     """The compose project under `root`: one process per service, started in dependency order."""
 
-    def __init__(self, root: Path, dotenv: dict[str, str]):
+    def __init__(self, root: Path, dotenv: dict[str, str], compose_file: str = "docker-compose.yml"):
         self.root = root
-        self.compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+        self.compose = yaml.safe_load((REPO / compose_file).read_text())
         self.services = self.compose["services"]
         self.dotenv = dotenv
         self.redis_port, self.flower_port = free_port(), free_port()

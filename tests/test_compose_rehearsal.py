@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import subprocess
 import time
 
 import pytest
@@ -16,8 +17,8 @@ import yaml
 
 from editbatch.redisconn import connect
 
-from .compose_rehearsal import Rehearsal
-from .conftest import read_run, simple_rows, write_dataset
+from .compose_rehearsal import SIMULATED, Rehearsal
+from .conftest import REPO, read_run, simple_rows, write_dataset
 from .jobs_helpers import flower_call
 
 
@@ -111,3 +112,38 @@ def _flower_sees_jobs(port: int, auth: str) -> bool:
 def _ended(port: int, auth: str, task_id: str):
     result = flower_call(port, auth, f"/api/task/result/{task_id}")
     return result if result.get("state") in ("SUCCESS", "FAILURE", "REVOKED") else None
+
+
+def test_a_worker_host_from_its_compose_file_serves_a_run_on_the_shared_mount(tmp_path, sample_image):
+    """docker-compose.worker-host.yml as written: its two workers join an outside Redis as b:0 and b:1, and
+    a run whose dataset and output folder are on the shared mount ends with every item written by them."""
+    from editbatch.cluster.redis_server import RedisServer
+
+    server = RedisServer(tmp_path / "main-host-redis")
+    broker = server.start()
+    shared = "/mnt/shared"
+    host = Rehearsal(tmp_path / "host-b", {"EDITBATCH_BROKER": broker, "EDITBATCH_NODE": "b",
+                                           "EDITBATCH_SHARED": shared}, "docker-compose.worker-host.yml")
+    try:
+        for name in sorted(host.services):
+            host.start(name)
+        mount = host.path(shared)
+        image = mount / "data" / "red.png"
+        image.parent.mkdir(parents=True)
+        shutil.copy(sample_image, image)
+        config = {"name": "on-b", "dataset": {"path": str(write_dataset(mount / "data", simple_rows(8, image)))},
+                  "output_dir": str(mount / "runs" / "on-b"), "model": SIMULATED,
+                  "cluster": {"broker": broker, "devices": ["b:0", "b:1"], "ready_timeout_s": 120},
+                  "schedule": {"mode": "balanced"}}
+        path = tmp_path / "on-b.yaml"
+        path.write_text(yaml.safe_dump(config))
+        run = subprocess.run([str(REPO / ".venv" / "bin" / "editbatch"), "run", str(path)], capture_output=True,
+                             text=True, timeout=240, cwd=tmp_path)
+        logs = "\n".join(f"--- {n}\n{host.log(n)}" for n in host.procs)
+        assert run.returncode == 0, run.stdout + run.stderr + logs
+        manifest, summary = read_run(mount / "runs" / "on-b")
+        assert summary["ok"] == 8 and {r["status"] for r in manifest} == {"ok"}, (summary, logs)
+        assert {r["device"] for r in manifest} == {"b-gpu0", "b-gpu1"}
+    finally:
+        host.stop()
+        server.stop()
