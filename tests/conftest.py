@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -123,6 +124,16 @@ def sim_run(tmp_path, sim_cluster, sample_image):
         return proc, manifest, summary
 
     return go
+
+
+def stop_worker(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """SIGTERM (a warm shutdown: the worker finishes its task), then SIGKILL after `grace_s`."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:

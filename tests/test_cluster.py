@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from .conftest import REPO, read_run, run_cli, simple_rows, wait_gone, write_config, write_dataset
+from .conftest import REPO, read_run, run_cli, simple_rows, stop_worker, wait_gone, write_config, write_dataset
 
 
 def local_config(tmp_path, image, n=6, devices=("cpu", "cpu", "cpu"), **model_params):
@@ -120,11 +120,7 @@ def test_plain_celery_worker_answers_ping_during_a_long_task(tmp_path, sim_clust
         records, _ = read_run(tmp_path / "out")
         assert [r["device"] for r in records] == ["cpu7", "cpu7"]
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop_worker(worker)
 
 
 def test_producer_names_workers_that_never_come(tmp_path, sim_cluster, sample_image):

@@ -24,7 +24,7 @@ import pytest
 from editbatch.celery_app import make_app
 from editbatch.producer.outputs import read_manifest
 
-from .conftest import REPO, fill, read_jsonl, read_run, run_cli, simple_rows, write_config, write_dataset
+from .conftest import REPO, fill, read_jsonl, read_run, run_cli, simple_rows, stop_worker, write_config, write_dataset
 
 
 def config_for(tmp_path, image, broker, *, n, mode="balanced", params=None, schedule=None, devices=("cpu",) * 3):
@@ -141,12 +141,7 @@ def lone_worker(tmp_path, redis_url, sample_image):
     try:
         yield config, calls, f"cpu0@{socket.gethostname()}"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_worker(proc, 20)
         log.close()
 
 
