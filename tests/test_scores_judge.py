@@ -1,4 +1,7 @@
-"""The judge stage against a fake OpenAI-compatible server: every fault, the shared rate limit, kill and resume."""
+"""The judge stage against a fake OpenAI-compatible server: every fault, the shared rate limit, kill and resume.
+
+Real judge worker processes (`editbatch judge-worker`), real Redis, the fake server on 127.0.0.1.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +17,10 @@ from PIL import Image
 
 from .conftest import REPO, read_jsonl, run_cli, write_config, write_dataset
 from editbatch.redisconn import connect
-from editbatch.scores.judge.client import JudgeSettings
 from editbatch.scores.judge.ratelimit import SharedRateLimit
-from editbatch.scores.judge.stage import JudgeJob, JudgeStage
-from editbatch.scores.presets import PRESETS
+from editbatch.scores.judge.setup import make_stage
+from editbatch.scores.judge.workers import serving
+from editbatch.workers.judging import load_judge_config
 from .fake_judge import FakeJudge
 
 TEMPLATE = "Grade the edit id={id} (type {task_type}): {instruction}. Answer JSON only.\n"
@@ -38,23 +41,61 @@ def make_outputs(tmp_path: Path, ids: list[str], *, extra: dict | None = None) -
 
 
 def judge_config(tmp_path: Path, url: str, **judge) -> Path:
+    """`editbatch score --config` reads its evaluate section; judge workers started by hand read all of it."""
     template = tmp_path / "template.txt"
     template.write_text(TEMPLATE)
-    return write_config(tmp_path / "eval.yaml", evaluate={
+    return write_config(tmp_path / "eval.yaml", cluster={"input_roots": [str(tmp_path)],
+                                                          "output_roots": [str(tmp_path)]}, evaluate={
         "preset": "gedit", "bootstrap": 200,
         "judge": {"url": url, "model": "fake-vlm-2026-01-01", "template": str(template), "workers": 4,
                   "requests_per_minute": 6000, "timeout_s": 1.0, "retries": 3, "backoff_s": 0.1,
                   "max_backoff_s": 0.5, **judge}})
 
 
-def test_each_fault_is_recorded_as_what_it_was_and_nothing_answered_is_asked_again(tmp_path, redis_url):
+def start_judge_workers(config: Path, url: str, n: int, logs: Path) -> list[subprocess.Popen]:
+    """`n` judge worker processes started by hand, as an operator would; returns once all serve."""
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for k in range(n):
+        with (logs / f"judge-{k}.log").open("wb") as out:
+            procs.append(subprocess.Popen([sys.executable, "-m", "editbatch", "judge-worker", "--config", str(config),
+                                           "--broker", url], cwd=REPO, stdout=out, stderr=subprocess.STDOUT))
+    queue = make_stage(load_judge_config(config).evaluate, str(config)).queue
+    redis = connect(url)
+    deadline = time.monotonic() + 90
+    while serving(redis, "editbatch", queue) < n:
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
+            [(logs / f"judge-{k}.log").read_text()[-2000:] for k in range(n)]
+        time.sleep(0.2)
+    redis.close()
+    return procs
+
+
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def cached_ids(folder: Path) -> set[str]:
+    return {json.loads(p.read_text())["id"] for p in folder.rglob("*.json")}
+
+
+def test_each_fault_is_recorded_as_what_it_was_and_nothing_answered_is_asked_again(tmp_path):
+    """`editbatch score` without a broker: its own Redis and judge worker process."""
     plan = {"r429": ["429", "ok"], "e500": ["500", "ok"], "down": ["500"], "filt": ["filter"],
             "bad": ["badjson"], "hang": ["hang"]}
     ids = ["ok1", "ok2", "ok3", *plan]
     folder, dataset = make_outputs(tmp_path, ids)
     with FakeJudge(plan, hang_s=3.0) as server:
         config = judge_config(tmp_path, server.url, retries=1)
-        proc = run_cli("score", str(folder), "--dataset", str(dataset), "--config", str(config), "--broker", redis_url)
+        proc = run_cli("score", str(folder), "--dataset", str(dataset), "--config", str(config))
         assert proc.returncode == 1, proc.stderr  # some items could not be judged: listed, exit 1
         rows = {r["id"]: r for r in read_jsonl(folder / "scores.jsonl")}
         status = {i: rows[i]["scores"]["judge"]["status"] for i in ids}
@@ -79,7 +120,7 @@ def test_each_fault_is_recorded_as_what_it_was_and_nothing_answered_is_asked_aga
         assert "bad (unparsed)" in proc.stdout and "hang (timeout)" in proc.stdout
 
         before = {i: server.count(i) for i in ids}
-        again = run_cli("score", str(folder), "--dataset", str(dataset), "--config", str(config), "--broker", redis_url)
+        again = run_cli("score", str(folder), "--dataset", str(dataset), "--config", str(config))
         assert again.returncode == 1
         asked = {i: server.count(i) - before[i] for i in ids}
         # Answers, refusals and unparsable answers are cached; only the timeout and the server error are asked again.
@@ -87,64 +128,105 @@ def test_each_fault_is_recorded_as_what_it_was_and_nothing_answered_is_asked_aga
 
         # A new prompt template is a new question: everything is asked again.
         (tmp_path / "template.txt").write_text(TEMPLATE + "Be strict.\n")
-        run_cli("score", str(folder), "--dataset", str(dataset), "--config", str(config), "--broker", redis_url)
+        run_cli("score", str(folder), "--dataset", str(dataset), "--config", str(config))
         assert all(server.count(i) > before[i] + asked[i] for i in ids)
 
 
 def test_four_judge_workers_share_one_rate_limit(tmp_path, redis_url):
-    """Requests per window, measured at the server, stay within burst + window x rate."""
-    ids = [f"i{n:02d}" for n in range(18)]
-    folder, _ = make_outputs(tmp_path, ids)
+    """Four judge worker processes, two threads each: requests per window, measured at the server, stay within
+    burst + window x rate; the stage takes the time the limit says (more than five seconds here)."""
+    ids = [f"i{n:02d}" for n in range(24)]
+    folder, dataset = make_outputs(tmp_path, ids)
     rate_per_s, burst = 4.0, 2
     with FakeJudge() as server:
-        redis = connect(redis_url)
-        limiter = SharedRateLimit(redis, "test", "fake", requests_per_minute=rate_per_s * 60, burst=burst)
-        settings = JudgeSettings(server.url, "fake-vlm-2026-01-01", timeout_s=5)
-        stage = JudgeStage(PRESETS["gedit"], settings, TEMPLATE, None, limiter, workers=4)
-        jobs = [JudgeJob(i, "x", folder / f"{i}.png", [], fields={"id": i}) for i in ids]
-        done = []
-        stage.run(jobs, lambda job, record: done.append(record["status"]))
-        redis.close()
-    assert done == ["ok"] * len(ids)
+        config = judge_config(tmp_path, server.url, workers=2, requests_per_minute=rate_per_s * 60, burst=burst,
+                              timeout_s=5)
+        workers = start_judge_workers(config, redis_url, 4, tmp_path / "logs")
+        try:
+            started = time.monotonic()
+            proc = run_cli("score", str(folder), "--dataset", str(dataset), "--config", str(config),
+                           "--broker", redis_url)
+            took = time.monotonic() - started
+        finally:
+            stop_all(workers)
+    assert proc.returncode == 0, proc.stderr
+    rows = read_jsonl(folder / "scores.jsonl")
+    assert [r["scores"]["judge"]["status"] for r in rows] == ["ok"] * len(ids)
+    assert all(server.count(i) == 1 for i in ids)
     times = sorted(t for ts in server.requests.values() for t in ts)
     for start in times:
-        for window in (1.0, 2.0):
+        for window in (1.0, 2.0, 4.0):
             inside = sum(1 for t in times if start <= t < start + window)
             assert inside <= burst + window * rate_per_s + 1, (window, inside)
+    assert times[-1] - times[0] >= (len(ids) - burst) / rate_per_s - 0.5  # the limit, not the workers, set the pace
+    # Every worker asked: the limit was shared, not held by one.
+    logs = [(tmp_path / "logs" / f"judge-{k}.log").read_text() for k in range(4)]
+    assert all(" ok" in log for log in logs), logs
+    print(f"judge: {len(ids)} items in {took:.1f}s, 4 workers x 2 threads, limit {rate_per_s * 60:g}/min")
 
 
-def test_a_killed_score_command_resumes_without_asking_twice(tmp_path, redis_url):
+def test_a_judge_worker_killed_mid_stage_its_items_are_sent_again_and_nothing_answered_is_asked_twice(
+        tmp_path, redis_url):
+    ids = [f"w{n:02d}" for n in range(16)]
+    folder, dataset = make_outputs(tmp_path, ids)
+    with FakeJudge(delay_s=0.5) as server:
+        config = judge_config(tmp_path, server.url, workers=2, timeout_s=5)
+        workers = start_judge_workers(config, redis_url, 2, tmp_path / "logs")
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "editbatch", "score", str(folder), "--dataset",
+                                     str(dataset), "--config", str(config), "--broker", redis_url],
+                                    cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 60
+            while sum(server.count(i) for i in ids) < 5 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            workers[0].send_signal(signal.SIGKILL)
+            workers[0].wait()
+            answered = cached_ids(folder / ".scores-cache")
+            out, err = proc.communicate(timeout=120)
+        finally:
+            stop_all(workers)
+    assert proc.returncode == 0, err
+    rows = {r["id"]: r for r in read_jsonl(folder / "scores.jsonl")}
+    assert {rows[i]["scores"]["judge"]["status"] for i in ids} == {"ok"}
+    assert {i: server.count(i) for i in answered} == {i: 1 for i in answered}  # answered: never asked again
+    twice = {i for i in ids if server.count(i) == 2}
+    assert all(server.count(i) <= 2 for i in ids) and len(twice) <= 2  # at most the killed worker's two threads
+    assert "sent again" in out and "worker is gone" in out  # noticed by its lapsed heartbeat, not a 6 h timeout
+
+
+def test_a_killed_score_command_resumes_without_asking_twice(tmp_path):
     ids = [f"k{n:02d}" for n in range(16)]
     folder, dataset = make_outputs(tmp_path, ids)
     with FakeJudge(delay_s=0.3) as server:
         config = judge_config(tmp_path, server.url, workers=2, timeout_s=5)
         cmd = [sys.executable, "-m", "editbatch", "score", str(folder), "--dataset", str(dataset), "--config",
-               str(config), "--broker", redis_url]
+               str(config)]
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
         while sum(server.count(i) for i in ids) < 6 and time.monotonic() < deadline:
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        answered = {json.loads(p.read_text())["id"] for p in (folder / ".scores-cache").rglob("*.json")}
+        answered = cached_ids(folder / ".scores-cache")
         assert answered and not (folder / "scores.json").exists()
-        in_flight = {i for i in ids if server.count(i)} - answered
-        resumed = run_cli("score", str(folder), "--dataset", str(dataset), "--config", str(config),
-                          "--broker", redis_url)
+        time.sleep(1.0)  # its judge worker ends with it (a parent-death signal); what it had in flight ends too
+        in_flight = {i for i in ids if server.count(i)} - cached_ids(folder / ".scores-cache")
+        answered = cached_ids(folder / ".scores-cache")
+        resumed = run_cli("score", str(folder), "--dataset", str(dataset), "--config", str(config))
         assert resumed.returncode == 0, resumed.stderr
         assert {i: server.count(i) for i in answered} == {i: 1 for i in answered}  # never asked again
         assert all(server.count(i) <= 2 for i in in_flight) and len(in_flight) <= 2  # cut off mid-question
         assert all(server.count(i) == 1 for i in set(ids) - answered - in_flight)
 
 
-def test_the_judge_stage_outlasts_a_server_down_for_30_seconds(tmp_path, redis_url):
+def test_the_judge_stage_outlasts_a_server_down_for_30_seconds(tmp_path):
     ids = ["d1", "d2", "d3"]
     folder, dataset = make_outputs(tmp_path, ids)
     with FakeJudge() as probe:
         port = probe.port  # a free port, closed again: connections are refused until the server comes up
     config = judge_config(tmp_path, f"http://127.0.0.1:{port}/v1", retries=20, backoff_s=0.5, max_backoff_s=4)
     cmd = [sys.executable, "-m", "editbatch", "score", str(folder), "--dataset", str(dataset), "--config",
-           str(config), "--broker", redis_url]
+           str(config)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(30)
     with FakeJudge(port=port) as server:

@@ -122,3 +122,13 @@ JUDGE_BUCKET_TTL_S = 600  # an idle judge rate-limit bucket is forgotten (it ref
 def judge_bucket(namespace: str, name: str) -> str:
     """The token bucket all judge workers of one API share (requests and tokens per minute)."""
     return f"{namespace}:judge-bucket:{name}"
+
+
+def judge_results(namespace: str, run_id: str) -> str:
+    """Where judge workers report a run's (or a `score` command's) answers and the items they start."""
+    return run_prefix(namespace, run_id) + "judge-results"
+
+
+def judge_workers(namespace: str, queue: str) -> str:
+    """The names of the judge workers that served `queue` (each has its presence record under `worker`)."""
+    return f"{namespace}:judge-workers:{queue}"
