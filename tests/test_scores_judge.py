@@ -256,6 +256,8 @@ def test_a_run_feeds_the_judge_as_edits_commit_and_a_killed_producer_resumes_wit
                               evaluate={"preset": "gedit", "bootstrap": 200, "judge": {
                                   "url": server.url, "model": "fake-vlm-2026-01-01", "template": str(template),
                                   "workers": 2, "requests_per_minute": 6000, "timeout_s": 5}})
+        # The run's broker is an external one: its judge workers are started by hand, from the run's config.
+        judges = start_judge_workers(config, sim_cluster["url"], 1, tmp_path / "logs")
         proc = subprocess.Popen([sys.executable, "-m", "editbatch", "run", str(config)], cwd=REPO,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 90
@@ -263,10 +265,13 @@ def test_a_run_feeds_the_judge_as_edits_commit_and_a_killed_producer_resumes_wit
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        answered = {json.loads(p.read_text())["id"] for p in (out / ".scores-cache").rglob("*.json")}
+        answered = cached_ids(out / ".scores-cache")
         in_flight = {i for i in ids if server.count(i)} - answered
         assert answered and len(in_flight) <= 2
-        resumed = run_cli("run", str(config), "--resume")
+        try:
+            resumed = run_cli("run", str(config), "--resume")
+        finally:
+            stop_all(judges)
         assert resumed.returncode == 0, resumed.stderr
         assert {i: server.count(i) for i in answered} == {i: 1 for i in answered}  # the cache answered them
         assert all(server.count(i) == 1 for i in set(ids) - answered - in_flight)
