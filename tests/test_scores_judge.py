@@ -292,3 +292,37 @@ def test_the_shared_bucket_also_limits_tokens_per_minute(redis_url):
     wait = a.try_acquire(300)
     assert 25 < wait <= 30  # 300 tokens at 600/min: half a minute, less what refilled meanwhile
     redis.close()
+
+
+def test_two_copies_of_one_item_on_two_judge_workers_ask_once(tmp_path, redis_url):
+    """A copy sent again while the first is still asking (a producer that thought its worker late, a killed
+    run and its resume): the second waits for the first's answer and takes it from the cache."""
+    from editbatch.celery_app import make_app
+    from editbatch.tasks.judge_contract import TASK_NAME, JudgeTask
+
+    folder, _ = make_outputs(tmp_path, ["twin"])
+    with FakeJudge(delay_s=1.5) as server:
+        config = judge_config(tmp_path, server.url, workers=1, timeout_s=5)
+        workers = start_judge_workers(config, redis_url, 2, tmp_path / "logs")
+        try:
+            queue = make_stage(load_judge_config(config).evaluate, str(config)).queue
+            inbox = "editbatch:run:twins:judge-results"
+            task = JudgeTask("twin", "make twin brighter", str(folder / "twin.png"), queue, str(tmp_path / "cache"),
+                             [str(tmp_path / "in.png")], fields={"id": "twin", "task_type": "style"}, report=inbox)
+            app = make_app(redis_url, task_events=False)
+            for _ in range(2):
+                app.send_task(TASK_NAME, args=[task.to_payload()], queue=queue)
+            redis = connect(redis_url)
+            records = []
+            deadline = time.monotonic() + 60
+            while len(records) < 2 and time.monotonic() < deadline:
+                got = redis.blpop([inbox], timeout=1)
+                if got and "status" in json.loads(got[1]):
+                    records.append(json.loads(got[1]))
+            redis.close()
+        finally:
+            stop_all(workers)
+    assert [r["status"] for r in records] == ["ok", "ok"]
+    assert len({r["worker"] for r in records}) == 2  # one copy on each worker
+    assert sorted(bool(r.get("cached")) for r in records) == [False, True]
+    assert server.count("twin") == 1

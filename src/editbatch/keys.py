@@ -132,3 +132,11 @@ def judge_results(namespace: str, run_id: str) -> str:
 def judge_workers(namespace: str, queue: str) -> str:
     """The names of the judge workers that served `queue` (each has its presence record under `worker`)."""
     return f"{namespace}:judge-workers:{queue}"
+
+
+JUDGE_ASKING_TTL_S = 10  # a question's asker holds it this long past its last renewal (a killed one frees it)
+
+
+def judge_asking(namespace: str, cache_key: str) -> str:
+    """Held by the judge worker thread asking one question (an item's full cache key), so copies wait for it."""
+    return f"{namespace}:judge-asking:{cache_key}"

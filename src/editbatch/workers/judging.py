@@ -26,6 +26,7 @@ from redis import Redis
 from .. import keys, redisconn, runstate
 from ..config import RunConfig, config_from_mapping, worker_placeholders
 from ..errors import ConfigError
+from ..scores.judge.asking import OneAsker
 from ..scores.judge.setup import asks_judge, make_stage
 from ..scores.judge.stage import JudgeStage
 from .presence import Presence
@@ -123,6 +124,7 @@ def start(broker_url: str, config_path: str | Path) -> JudgeWorker:
     log.info("%s: judge %s at %s on queue %s, %d thread(s); reads under %s; writes under %s", name,
              stage.settings.model, stage.settings.url, stage.queue, config.evaluate.judge.workers,
              ", ".join(roots.inputs), ", ".join(roots.outputs))
+    stage.exclusive = OneAsker(redis, namespace, name, shutting_down.is_set)
     _current = JudgeWorker(stage, redis, presence, roots, namespace, name, pid)
     return _current
 

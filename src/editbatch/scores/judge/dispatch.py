@@ -90,6 +90,9 @@ class JudgeDispatch:
                     self._check()
             except redisconn.TRANSIENT:
                 time.sleep(CHECK_EVERY_S)  # Redis away: the workers' reports wait in the inbox
+            except Exception as exc:  # noqa: BLE001 - the collector must outlive any one bad turn
+                self.say(f"[editbatch] judge collector: {exc.__class__.__name__}: {exc}")
+                time.sleep(CHECK_EVERY_S)
 
     def _take(self, message: dict[str, Any]) -> None:
         item = message.get("id")

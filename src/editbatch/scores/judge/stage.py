@@ -10,12 +10,13 @@ and server errors are not cached: a later run asks again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 from ...config import DEFAULT_MAX_PIXELS
 from ...imageio import load_rgb as _load_rgb
@@ -67,6 +68,8 @@ class JudgeStage:
         self.cache = cache
         self.limiter = limiter
         self.stop = threading.Event()  # set at shutdown: a wait for the rate limit ends
+        # Held around each question (see asking.py: one asker across workers); none within one process.
+        self.exclusive: Callable[[str], ContextManager[None]] = lambda key: contextlib.nullcontext()
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -93,6 +96,13 @@ class JudgeStage:
         found = cache.get(key) if cache is not None else None
         if found is not None:
             return {**found, "cached": True}
+        with self.exclusive(key):
+            found = cache.get(key) if cache is not None else None  # answered by a copy that asked meanwhile
+            if found is not None:
+                return {**found, "cached": True}
+            return self._ask(job, output, key, cache)
+
+    def _ask(self, job: JudgeJob, output, key: str, cache: ScoreCache | None) -> dict[str, Any]:
         prompt = self.template.format_map(_Blank(job.fields, instruction=job.instruction))
         images = [load_rgb(p) for p in job.inputs] + [output]
         tokens = estimate_tokens(prompt, len(images), self.settings.max_tokens)
