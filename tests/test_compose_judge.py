@@ -36,7 +36,7 @@ def test_the_judge_service_judges_a_score_sent_from_the_coordinator(compose, sam
         config_path = compose.path("/workspace/configs/judge.yaml")
         config = yaml.safe_load(config_path.read_text())
         template = compose.path("/workspace/data/template.txt")
-        template.write_text("Grade the edit id={id}: {instruction}. Answer JSON only.\n")
+        template.write_text("Grade the edit id={id} ({instruction}). Answer JSON only.\n")
         config["evaluate"]["judge"].update(url=server.url, template="/workspace/data/template.txt")
         config_path.write_text(compose.local(yaml.safe_dump(config), compose.services["judge"]))
 
