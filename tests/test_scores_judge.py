@@ -326,3 +326,39 @@ def test_two_copies_of_one_item_on_two_judge_workers_ask_once(tmp_path, redis_ur
     assert len({r["worker"] for r in records}) == 2  # one copy on each worker
     assert sorted(bool(r.get("cached")) for r in records) == [False, True]
     assert server.count("twin") == 1
+
+
+def test_a_one_command_run_starts_its_judge_worker_and_outlives_its_sigkill(tmp_path):
+    """`editbatch run` with a private cluster: a judge worker beside the device worker. Killed with SIGKILL
+    mid-stage, it is started again; its items are sent again once its heartbeat lapses, and nothing the
+    judge had answered is asked again."""
+    ids = [f"a{n:02d}" for n in range(12)]
+    _, dataset = make_outputs(tmp_path, ids)
+    out = tmp_path / "run"
+    with FakeJudge(delay_s=0.5) as server:
+        template = tmp_path / "template.txt"
+        template.write_text(TEMPLATE)
+        config = write_config(tmp_path / "run.yaml", name="judged-auto", dataset={"path": str(dataset)},
+                              output_dir=str(out), model={"type": "simulated", "path": "sim",
+                                                          "params": {"seconds": 0.1}},
+                              cluster={"broker": "auto", "devices": ["cpu"], "ready_timeout_s": 60},
+                              schedule={"mode": "nosync", "task_timeout_s": 60},
+                              evaluate={"preset": "gedit", "bootstrap": 200, "judge": {
+                                  "url": server.url, "model": "fake-vlm-2026-01-01", "template": str(template),
+                                  "workers": 2, "requests_per_minute": 6000, "timeout_s": 5}})
+        proc = subprocess.Popen([sys.executable, "-m", "editbatch", "run", str(config)], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 90
+        while sum(server.count(i) for i in ids) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        judge_pid = json.loads((out / "logs" / "cluster.json").read_text())["workers"]["judge"]
+        subprocess.run(["kill", "-KILL", str(judge_pid)], check=True)
+        answered = cached_ids(out / ".scores-cache")
+        stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0, stdout + stderr
+    assert "worker judge exited" in stdout and "sent again" in stdout
+    rows = {r["id"]: r for r in read_jsonl(out / "scores.jsonl")}
+    assert {rows[i]["scores"]["judge"]["status"] for i in ids} == {"ok"}
+    assert {i: server.count(i) for i in answered} == {i: 1 for i in answered}
+    assert all(server.count(i) <= 2 for i in ids) and sum(server.count(i) == 2 for i in ids) <= 2
+    assert json.loads((out / "logs" / "cluster.json").read_text())["workers"]["judge"] != judge_pid

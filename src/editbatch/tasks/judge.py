@@ -11,19 +11,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from celery import shared_task
 from celery.utils.log import get_task_logger
 
-from ..scores.cache import ScoreCache
-from ..scores.judge.stage import JudgeJob
-from ..workers import judging
 from .judge_contract import TASK_NAME, JudgeTask
+
+if TYPE_CHECKING:
+    from ..workers.judging import JudgeWorker
 
 log = get_task_logger("editbatch.judge")
 
 
 @shared_task(name=TASK_NAME, acks_late=True)
 def judge(payload: dict) -> dict:
+    # Imported here: every Celery app registers this task, and only judge workers need the judge's client (httpx).
+    from ..workers import judging
+
     task = JudgeTask.from_payload(payload)
     worker = judging.current()
     mine = {"id": task.id, "worker": worker.name, "pid": worker.pid}
@@ -44,7 +49,10 @@ def judge(payload: dict) -> dict:
     return record
 
 
-def _judge(task: JudgeTask, worker: "judging.JudgeWorker") -> dict:
+def _judge(task: JudgeTask, worker: "JudgeWorker") -> dict:
+    from ..scores.cache import ScoreCache
+    from ..scores.judge.stage import JudgeJob
+
     if task.queue != worker.stage.queue:
         return _error(f"asks judge queue {task.queue}; this worker serves {worker.stage.queue}")
     try:

@@ -14,8 +14,8 @@ from pathlib import Path
 from ...config import EvaluateConfig, JudgeConfig
 from ...errors import ConfigError
 from ..presets import PRESETS
-from .client import JudgeSettings
-from .stage import JudgeStage, default_template
+
+# The client (httpx) and the stage are imported where used: `asks_judge` is asked by every local run.
 
 
 def asks_judge(evaluate: EvaluateConfig | None) -> bool:
@@ -23,14 +23,18 @@ def asks_judge(evaluate: EvaluateConfig | None) -> bool:
                 and PRESETS[evaluate.preset].uses_judge)
 
 
-def settings_of(cfg: JudgeConfig) -> JudgeSettings:
+def settings_of(cfg: JudgeConfig):
+    from .client import JudgeSettings
+
     return JudgeSettings(cfg.url, cfg.model, os.environ.get(cfg.api_key_env) if cfg.api_key_env else None,
                          cfg.temperature, cfg.seed, cfg.max_tokens, cfg.timeout_s, cfg.retries, cfg.backoff_s,
                          cfg.max_backoff_s)
 
 
-def make_stage(evaluate: EvaluateConfig, source: str, *, redis=None, namespace: str = "editbatch") -> JudgeStage:
-    """The judge of `evaluate` (which must ask one); with `redis`, under the shared rate limit held there."""
+def make_stage(evaluate: EvaluateConfig, source: str, *, redis=None, namespace: str = "editbatch"):
+    """The judge of `evaluate` (a JudgeStage; it must ask one); with `redis`, under the shared limit held there."""
+    from .stage import JudgeStage, default_template
+
     cfg, preset = evaluate.judge, PRESETS[evaluate.preset]
     path = Path(cfg.template or default_template(preset))
     try:
