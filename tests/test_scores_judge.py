@@ -312,20 +312,38 @@ def test_two_copies_of_one_item_on_two_judge_workers_ask_once(tmp_path, redis_ur
             app = make_app(redis_url, task_events=False)
             for _ in range(2):
                 app.send_task(TASK_NAME, args=[task.to_payload()], queue=queue)
+            # Whoever sends a task, a judge worker reads only under its roots (here tmp_path).
+            outside = JudgeTask("stray", "x", "/etc/hostname", queue, str(tmp_path / "cache"), report=inbox)
+            app.send_task(TASK_NAME, args=[outside.to_payload()], queue=queue)
             redis = connect(redis_url)
             records = []
             deadline = time.monotonic() + 60
-            while len(records) < 2 and time.monotonic() < deadline:
+            while len(records) < 3 and time.monotonic() < deadline:
                 got = redis.blpop([inbox], timeout=1)
                 if got and "status" in json.loads(got[1]):
                     records.append(json.loads(got[1]))
             redis.close()
         finally:
             stop_all(workers)
-    assert [r["status"] for r in records] == ["ok", "ok"]
-    assert len({r["worker"] for r in records}) == 2  # one copy on each worker
-    assert sorted(bool(r.get("cached")) for r in records) == [False, True]
-    assert server.count("twin") == 1
+    stray = next(r for r in records if r["id"] == "stray")
+    assert stray["status"] == "error" and "outside the worker's image roots" in stray["error"]
+    twins = [r for r in records if r["id"] == "twin"]
+    assert [r["status"] for r in twins] == ["ok", "ok"]
+    assert len({r["worker"] for r in twins}) == 2  # one copy on each worker
+    assert sorted(bool(r.get("cached")) for r in twins) == [False, True]
+    assert server.count("twin") == 1 and server.count("stray") == 0
+
+
+def test_a_judge_worker_config_without_a_judge_is_refused_naming_file_and_field(tmp_path):
+    config = write_config(tmp_path / "judge.yaml", cluster={"input_roots": [str(tmp_path)],
+                                                           "output_roots": [str(tmp_path)]},
+                          evaluate={"metrics": ["l1_input"]})
+    proc = run_cli("judge-worker", "--config", str(config), "--broker", "redis://127.0.0.1:1/0")
+    assert proc.returncode == 2 and f"{config}: evaluate: a judge worker needs" in proc.stderr, proc.stderr
+    no_roots = write_config(tmp_path / "bare.yaml", evaluate={"preset": "gedit", "judge": {
+        "url": "http://127.0.0.1:1/v1", "model": "fake-vlm-2026-01-01"}})
+    proc = run_cli("judge-worker", "--config", str(no_roots), "--broker", "redis://127.0.0.1:1/0")
+    assert proc.returncode == 2 and f"{no_roots}: dataset: required but missing" in proc.stderr, proc.stderr
 
 
 def test_a_one_command_run_starts_its_judge_worker_and_outlives_its_sigkill(tmp_path):
