@@ -126,12 +126,15 @@ def judge_throughput(items: int, rpm: float, delay: float, workers: int, threads
         server_redis.stop()
     burst = max(1.0, rpm / 10)
     worst = {w: max(sum(1 for t in times if s <= t < s + w) for s in times) for w in (1.0, 5.0)}
-    steady = (len(times) - int(burst) - 1) / (times[-1] - times[int(burst)])  # after the bucket's first burst
+    after_burst = ""
+    if burst + 1 < len(times):  # else the bucket never ran dry: the workers set the pace
+        steady = (len(times) - int(burst) - 1) / (times[-1] - times[int(burst)])
+        after_burst = f", {steady:.2f}/s after the burst ({steady / (rpm / 60):.2f} of the limit)"
     print(f"judge ({workers} judge workers x {threads} threads, {items} items, answer delay {delay * 1000:.0f} ms, "
           f"limit {rpm:g}/min = {rpm / 60:.2f}/s, burst {burst:g}): `editbatch score` took {took:.1f}s, "
-          f"{len(times) / (times[-1] - times[0]):.2f} requests/s first to last, {steady:.2f}/s after the burst "
-          f"({steady / (rpm / 60):.2f} of the limit); most in any 1 s: {worst[1.0]}, any 5 s: {worst[5.0]} "
-          f"(bound burst + w x rate: {burst + rpm / 60:.0f} and {burst + 5 * rpm / 60:.0f})")
+          f"{len(times) / (times[-1] - times[0]):.2f} requests/s first to last{after_burst}; most in any 1 s: "
+          f"{worst[1.0]}, any 5 s: {worst[5.0]} (bound burst + w x rate: {burst + rpm / 60:.0f} and "
+          f"{burst + 5 * rpm / 60:.0f})")
 
 
 def main() -> None:
