@@ -95,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--dataset", help="the dataset file the outputs are matched to by id (default: the run's)")
     score.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a setting, e.g. evaluate.judge.workers=8")
-    score.add_argument("--broker", help="redis URL holding the judges' shared rate limit "
-                                        "(default: EDITBATCH_BROKER, else a private Redis for this command)")
+    score.add_argument("--broker", help="redis URL where judge workers serve (default: EDITBATCH_BROKER, else a "
+                                        "private Redis and judge worker for this command)")
 
     status = sub.add_parser("status", help="progress of a job, or of a running or finished run folder")
     status.add_argument("run_dir", metavar="JOB_OR_DIR", help="a job id, or a run's output folder")

@@ -61,6 +61,11 @@ def open_feed(config, out_dir: Path, redis, app, run_id: str, say: Callable[[str
     if not asks_judge(evaluate):
         return None
     stage = make_stage(evaluate, "evaluate")
+    from .workers import serving
+
+    if not serving(redis, config.cluster.namespace, stage.queue) and config.cluster.broker != "auto":
+        say(f"[editbatch] No judge worker serves {stage.queue} yet: the judge's items wait in its queue until one "
+            f"does (editbatch judge-worker --config CONFIG, with this run's evaluate section)")
     dispatch = JudgeDispatch(app, redis, config.cluster.namespace, run_id, stage.queue,
                              evaluate.cache_dir or out_dir / layout.SCORES_CACHE,
                              deadline_s=answer_deadline_s(evaluate.judge), say=say)
