@@ -159,7 +159,7 @@ def judge_all(preset: Preset, evaluate: EvaluateConfig, items: list[Item], outpu
     from .judge.dispatch import JudgeDispatch
     from .judge.feed import job_of
     from .judge.setup import answer_deadline_s, make_stage
-    from .judge.workers import NAMESPACE, judge_workers
+    from .judge.workers import NAMESPACE, judge_workers, serving
 
     cfg = evaluate.judge
     queue = make_stage(evaluate, source).queue
@@ -168,6 +168,9 @@ def judge_all(preset: Preset, evaluate: EvaluateConfig, items: list[Item], outpu
     reads = [p for i in items for p in [*i.images, *([i.target] if i.target else [])]]
     with judge_workers(broker, evaluate, queue, folder, reads, cache_dir, log) as url:
         redis = connect(url)
+        if not serving(redis, NAMESPACE, queue):
+            log(f"[editbatch] No judge worker serves {queue} yet: the items wait in its queue until one does "
+                f"(editbatch judge-worker --config CONFIG, with this evaluate section)")
         run_id = f"score-{uuid.uuid4().hex[:12]}"
         runstate.mark_running(redis, NAMESPACE, run_id)
         dispatch = JudgeDispatch(make_app(url, task_events=False), redis, NAMESPACE, run_id, queue, cache_dir,

@@ -120,7 +120,10 @@ def start(broker_url: str, config_path: str | Path) -> JudgeWorker:
     presence.publish(state="loading", kind="judge", queue=stage.queue, host=host, pid=pid, worker=name,
                      judge=stage.identity, threads=config.evaluate.judge.workers,
                      input_roots=list(roots.inputs), output_roots=list(roots.outputs))
-    redis.sadd(keys.judge_workers(namespace, stage.queue), name)
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.sadd(keys.judge_workers(namespace, stage.queue), name)
+        pipe.expire(keys.judge_workers(namespace, stage.queue), keys.RUN_STATE_TTL_S)  # forgotten when unused
+        pipe.execute()
     log.info("%s: judge %s at %s on queue %s, %d thread(s); reads under %s; writes under %s", name,
              stage.settings.model, stage.settings.url, stage.queue, config.evaluate.judge.workers,
              ", ".join(roots.inputs), ", ".join(roots.outputs))

@@ -47,7 +47,7 @@ class JudgeDispatch:
         self.done: dict[str, dict[str, Any]] = {}  # item id -> the judge's record
         self.sent_again = 0
         self._pending: dict[str, JudgeTask] = {}
-        self._held: dict[str, tuple[str, float]] = {}  # item id -> (worker, started at, monotonic)
+        self._held: dict[str, tuple[str, float]] = {}  # item id -> (its worker, when it started: monotonic)
         self._unseen_since: dict[str, float] = {}  # unstarted items while the queue is empty
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
