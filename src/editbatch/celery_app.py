@@ -2,7 +2,8 @@
 
 `celery -A editbatch.celery_app worker` works as a plain Celery entry point:
 with EDITBATCH_DEVICE (and EDITBATCH_CONFIG) set, the worker binds that
-device, loads the model once and serves the device's queue plus the shared one.
+device, loads the model once and serves the device's queue plus the shared one;
+with EDITBATCH_JUDGE set to a judge's queue, it is a judge worker (no model).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from kombu import Queue
 
 from .devices import SHARED_QUEUE, parse_device
 
-TASK_MODULES = ["editbatch.tasks.edit", "editbatch.workers.switching", "editbatch.jobs.task"]
+TASK_MODULES = ["editbatch.tasks.edit", "editbatch.tasks.judge", "editbatch.workers.switching", "editbatch.jobs.task"]
 DEFAULT_VISIBILITY_TIMEOUT_S = 6 * 3600
 
 
@@ -67,6 +68,16 @@ def make_app(broker_url: str, *, visibility_timeout_s: float = DEFAULT_VISIBILIT
     return app
 
 
+def _bind_judge_from_env(app: Celery) -> bool:
+    queue = os.environ.get("EDITBATCH_JUDGE")
+    if not queue:
+        return False
+    app.conf.task_queues = [Queue(queue)]
+    from .workers import judge_hooks  # noqa: F401  (connects the judge worker's signals)
+
+    return True
+
+
 def _bind_device_from_env(app: Celery) -> None:
     spec = os.environ.get("EDITBATCH_DEVICE")
     if not spec:
@@ -91,4 +102,4 @@ def _bind_device_from_env(app: Celery) -> None:
 
 
 app = make_app(os.environ.get("EDITBATCH_BROKER", "redis://localhost:6379/0"))
-_bind_device_from_env(app)
+_bind_judge_from_env(app) or _bind_device_from_env(app)

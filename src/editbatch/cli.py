@@ -1,4 +1,4 @@
-"""The `editbatch` command: run, worker, validate, make-tiny, report, status, and jobs (serve, submit...).
+"""The `editbatch` command: run, worker, judge-worker, validate, make-tiny, report, status, and jobs (serve, submit...).
 
 Exit codes: 0 every item ok; 1 some items failed or were invalid; 2 a
 config, usage or cluster error (one line on stderr naming file and field);
@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--broker", default=None, help="redis URL (default: EDITBATCH_BROKER, then cluster.broker)")
     worker.add_argument("--loglevel", default="INFO")
 
+    judge = sub.add_parser("judge-worker", help="start one judge worker: threads that ask the judge of the "
+                                                "config's evaluate section (no model, no device)")
+    _add_config(judge)
+    judge.add_argument("--broker", default=None, help="redis URL (default: EDITBATCH_BROKER, then cluster.broker)")
+    judge.add_argument("--loglevel", default="INFO")
+
     validate = sub.add_parser("validate", help="check a config and every dataset item without running anything")
     _add_config(validate)
 
@@ -89,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--dataset", help="the dataset file the outputs are matched to by id (default: the run's)")
     score.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a setting, e.g. evaluate.judge.workers=8")
-    score.add_argument("--broker", help="redis URL holding the judges' shared rate limit "
-                                        "(default: EDITBATCH_BROKER, else a private Redis for this command)")
+    score.add_argument("--broker", help="redis URL where judge workers serve (default: EDITBATCH_BROKER, else a "
+                                        "private Redis and judge worker for this command)")
 
     status = sub.add_parser("status", help="progress of a job, or of a running or finished run folder")
     status.add_argument("run_dir", metavar="JOB_OR_DIR", help="a job id, or a run's output folder")
@@ -150,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_cancel(args)
         if args.command == "worker":
             return _cmd_worker(args, parser)
+        if args.command == "judge-worker":
+            return _cmd_judge_worker(args, parser)
         if args.command == "validate":
             return _cmd_validate(args, parser)
         if args.command == "make-tiny":
@@ -326,23 +334,8 @@ def _cmd_worker(args, parser) -> int:
     except ValueError as exc:
         raise ConfigError("--device", None, str(exc)) from None
     config = load_config(path, args.overrides, check_dataset=False)
-    broker = args.broker or os.environ.get("EDITBATCH_BROKER") or config.cluster.broker
-    if broker == "auto":
-        raise EditBatchError("a worker needs a broker: pass --broker redis://... or set EDITBATCH_BROKER "
-                             "(cluster.broker is 'auto', which only `editbatch run` can start)")
-    if args.overrides:
-        # The worker hooks read the config by path; hand them the overridden one.
-        import tempfile
-
-        from .config import dump_config
-
-        import atexit
-
-        fd, tmp = tempfile.mkstemp(prefix="editbatch-worker-", suffix=".yaml")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(dump_config(config, redact=True))  # the broker URL travels in EDITBATCH_BROKER
-        atexit.register(os.unlink, tmp)
-        path = tmp
+    broker = _worker_broker(args, config)
+    path = _overridden(path, config, args.overrides)
     os.environ.update(EDITBATCH_DEVICE=device.spec, EDITBATCH_CONFIG=os.path.abspath(path), EDITBATCH_BROKER=broker)
     if device.kind == "cuda":
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", str(device.index))
@@ -357,6 +350,53 @@ def _cmd_worker(args, parser) -> int:
     app.worker_main([
         "worker", "--pool", "threads", "--concurrency", "1", "--prefetch-multiplier", str(config.cluster.prefetch),
         "--queues", ",".join(queues), "--hostname", f"{device.queue}@%h",
+        "--without-mingle", "--without-gossip", "--loglevel", args.loglevel,
+    ])
+    return 0
+
+
+def _worker_broker(args, config) -> str:
+    broker = args.broker or os.environ.get("EDITBATCH_BROKER") or config.cluster.broker
+    if broker == "auto":
+        raise EditBatchError("a worker needs a broker: pass --broker redis://... or set EDITBATCH_BROKER "
+                             "(cluster.broker is 'auto', which only `editbatch run` can start)")
+    return broker
+
+
+def _overridden(path: str, config, overrides: list[str]) -> str:
+    """The config file a worker's hooks read: `path`, or with --set overrides, a temporary copy with them."""
+    if not overrides:
+        return path
+    import atexit
+    import tempfile
+
+    from .config import dump_config
+
+    fd, tmp = tempfile.mkstemp(prefix="editbatch-worker-", suffix=".yaml")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(dump_config(config, redact=True))  # the broker URL travels in EDITBATCH_BROKER
+    atexit.register(os.unlink, tmp)
+    return tmp
+
+
+def _cmd_judge_worker(args, parser) -> int:
+    from .scores.judge.setup import make_stage
+    from .workers.judging import load_judge_config
+
+    path = _config_path(args, parser)
+    config = load_judge_config(path, args.overrides)
+    broker = _worker_broker(args, config)
+    queue = make_stage(config.evaluate, path).queue
+    path = _overridden(path, config, args.overrides)
+    os.environ.update(EDITBATCH_JUDGE=queue, EDITBATCH_CONFIG=os.path.abspath(path), EDITBATCH_BROKER=broker)
+    os.environ.pop("EDITBATCH_DEVICE", None)
+
+    from .celery_app import app  # after the environment is set: it binds the judge's queue
+
+    # Threads: a judge worker waits on the network. Prefetch 1: it holds no more items than it asks at once.
+    app.worker_main([
+        "worker", "--pool", "threads", "--concurrency", str(config.evaluate.judge.workers),
+        "--prefetch-multiplier", "1", "--queues", queue, "--hostname", f"judge-{os.getpid()}@%h",
         "--without-mingle", "--without-gossip", "--loglevel", args.loglevel,
     ])
     return 0

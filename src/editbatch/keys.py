@@ -122,3 +122,21 @@ JUDGE_BUCKET_TTL_S = 600  # an idle judge rate-limit bucket is forgotten (it ref
 def judge_bucket(namespace: str, name: str) -> str:
     """The token bucket all judge workers of one API share (requests and tokens per minute)."""
     return f"{namespace}:judge-bucket:{name}"
+
+
+def judge_results(namespace: str, run_id: str) -> str:
+    """Where judge workers report a run's (or a `score` command's) answers and the items they start."""
+    return run_prefix(namespace, run_id) + "judge-results"
+
+
+def judge_workers(namespace: str, queue: str) -> str:
+    """The names of the judge workers that served `queue` (each has its presence record under `worker`)."""
+    return f"{namespace}:judge-workers:{queue}"
+
+
+JUDGE_ASKING_TTL_S = 10  # a question's asker holds it this long past its last renewal (a killed one frees it)
+
+
+def judge_asking(namespace: str, cache_key: str) -> str:
+    """Held by the judge worker thread asking one question (an item's full cache key), so copies wait for it."""
+    return f"{namespace}:judge-asking:{cache_key}"

@@ -33,17 +33,21 @@ from .processes import child_preexec, stop_processes
 from .redis_server import RedisServer
 
 MONITOR_EVERY_S = 0.5
+JUDGE = "judge"  # the judge worker's name among the workers (its log: worker-judge.log)
 
 
 class LocalCluster:
     def __init__(self, config_path: Path, devices: list[Device], log_dir: Path, *, namespace: str = "editbatch",
-                 restarts: int = 0, say: Callable[[str], None] | None = None, broker: str | None = None):
-        """`broker`: workers on that Redis (`editbatch serve`); None starts a private one."""
+                 restarts: int = 0, say: Callable[[str], None] | None = None, broker: str | None = None,
+                 judge: bool = False):
+        """`broker`: workers on that Redis (`editbatch serve`); None starts a private one.
+        `judge`: also a judge worker (threads, no model) for the config's evaluate.judge."""
         self.config_path = config_path
         self.devices = {d.queue: d for d in devices}
         self.log_dir = log_dir
         self.namespace = namespace
-        self.restarts_left = {d.queue: restarts for d in devices}
+        self.judges = [JUDGE] if judge else []
+        self.restarts_left = {q: restarts for q in [*self.devices, *self.judges]}
         self.say = say or (lambda text: None)
         self.broker = broker
         # Its log beside the workers' logs; nothing in the temp folder.
@@ -59,7 +63,7 @@ class LocalCluster:
     def start(self) -> str:
         self.url = self.broker or self.redis.start()
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for queue in self.devices:
+        for queue in [*self.devices, *self.judges]:
             self._start_worker(queue)
         self._write_pids()
         return self.url
@@ -67,9 +71,10 @@ class LocalCluster:
     def _start_worker(self, queue: str) -> None:
         env = {**os.environ, "EDITBATCH_BROKER": self.url, "PYTHONUNBUFFERED": "1"}
         log = (self.log_dir / f"worker-{queue}.log").open("ab")
+        command = (["judge-worker", "--config", str(self.config_path)] if queue == JUDGE else
+                   ["worker", "--config", str(self.config_path), "--device", self.devices[queue].spec])
         self.workers[queue] = subprocess.Popen(
-            [sys.executable, "-m", "editbatch", "worker", "--config", str(self.config_path),
-             "--device", self.devices[queue].spec],
+            [sys.executable, "-m", "editbatch", *command],
             env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, preexec_fn=child_preexec)
         log.close()
 
@@ -127,7 +132,7 @@ class LocalCluster:
 
     def _keep_workers(self, client) -> None:
         try:
-            seen = liveness.look(client, self.namespace, self.workers)
+            seen = liveness.look(client, self.namespace, self.devices)
         except redisconn.TRANSIENT:
             seen = None  # Redis away: judge only by the processes
         now = time.monotonic()
@@ -137,8 +142,8 @@ class LocalCluster:
             if proc.poll() is not None:
                 self._replace(queue, proc.returncode, client)
                 continue
-            if seen is None:
-                continue
+            if seen is None or queue not in seen:
+                continue  # a judge worker: its process is what this monitor watches
             if seen[queue].serving:
                 self.loading.discard(queue)
                 self.seen_ready.add(queue)
@@ -167,7 +172,8 @@ class LocalCluster:
         self.say(f"[editbatch] worker {queue} exited (code {code}); starting it again "
                  f"({left - 1} restart(s) left)")
         self._start_worker(queue)
-        self.loading.add(queue)
+        if queue in self.devices:
+            self.loading.add(queue)
         self._write_pids()
 
     # ------------------------------------------------------------ stopping

@@ -35,9 +35,10 @@ def start_cluster(config: RunConfig, plan: Plan, stack: contextlib.ExitStack,
     if config.cluster.broker != "auto":
         return ClusterHandle(config.cluster.broker)
     from ..cluster.local import LocalCluster
+    from ..scores.judge.setup import asks_judge
     from .. import layout
 
     local = stack.enter_context(LocalCluster(plan.resolved, config.devices, plan.out_dir / layout.LOGS,
                                              namespace=config.cluster.namespace, restarts=config.cluster.restarts,
-                                             say=say))
+                                             say=say, judge=asks_judge(config.evaluate)))
     return ClusterHandle(local.start(), local)

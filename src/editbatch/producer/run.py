@@ -109,9 +109,10 @@ class Run:
             stack.callback(redis.close)
             self.await_workers(plan, cluster, redis)  # before the ledger: a run that never started leaves no trace
             recorder, run_file = self.open_ledger(plan, cluster, redis)
-            feed = self.open_judge_feed(plan, recorder, redis)
+            feed = self.open_judge_feed(plan, cluster, recorder, redis)
             if feed is not None:
-                stack.callback(feed.close, wait=False)  # a run stopped early: nothing new is asked
+                # Stopped early: collecting ends; the run's queued judge items are skipped once it is over.
+                stack.callback(feed.close, wait=False)
             cluster.watch()
             dispatch_started_at = time.time()
             rounds: list[Round] = []
@@ -139,11 +140,12 @@ class Run:
                 summary = self.finish(plan, redis, recorder, run_file, rounds, dispatch_started_at)
         return self.report(plan, recorder, summary)
 
-    def open_judge_feed(self, plan: Plan, recorder: Recorder, redis):
-        """The judge threads, fed as each edit is committed (and with the items an earlier run finished)."""
+    def open_judge_feed(self, plan: Plan, cluster: ClusterHandle, recorder: Recorder, redis):
+        """The judge workers, fed as each edit is committed (and with the items an earlier run finished)."""
         from ..scores.judge.feed import open_feed
 
-        feed = open_feed(self.config, plan.out_dir, redis, self.ns)
+        app = make_app(cluster.broker, task_events=self.config.cluster.task_events)
+        feed = open_feed(self.config, plan.out_dir, redis, app, plan.run_id, lambda m: self.progress.say(m))
         if feed is not None:
             self.judged = feed.done
             by_index = {item.index: item for item in plan.items}

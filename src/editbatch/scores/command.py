@@ -11,12 +11,10 @@ mean, bootstrap 95% interval; macro and micro means).
 from __future__ import annotations
 
 import json
-import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -122,7 +120,7 @@ def score_run(run_dir: str | Path, *, config_path: str | None = None, preset: st
                 rows[item_id]["scores"]["judge"] = record
         todo = [i for i in items if i.id in outputs and i.id not in (judged or {})]
         if todo:
-            judge_all(the_preset, evaluate, todo, outputs, rows, cache, broker, log)
+            judge_all(the_preset, evaluate, todo, outputs, rows, folder, broker, source, log)
     result.scored = len(rows)
     write_results(folder, evaluate, the_preset, metrics, rows, result)
     result.seconds = time.monotonic() - started
@@ -150,49 +148,47 @@ def item_metrics(scorer: ItemScorer, cache: ScoreCache, item: Item, output: Path
     return scores["metrics"]
 
 
-@contextmanager
-def limiter_redis(broker: str | None) -> Iterator[str]:
-    """The Redis that holds the shared rate limit: --broker, $EDITBATCH_BROKER, or a private one for this command."""
-    url = broker or os.environ.get("EDITBATCH_BROKER")
-    if url:
-        yield url
-        return
-    from ..cluster.redis_server import RedisServer
-
-    server = RedisServer()
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-
-
 def judge_all(preset: Preset, evaluate: EvaluateConfig, items: list[Item], outputs: dict[str, Path],
-              rows: dict[str, dict[str, Any]], cache: ScoreCache, broker: str | None, log) -> None:
+              rows: dict[str, dict[str, Any]], folder: Path, broker: str | None, source: str, log) -> None:
+    """One `editbatch.judge` task per item to the judge workers (see judge/workers.py); their records into rows."""
+    import uuid
+
+    from .. import runstate
+    from ..celery_app import make_app
     from ..redisconn import connect
-    from .judge.client import JudgeSettings
-    from .judge.ratelimit import SharedRateLimit
-    from .judge.stage import JudgeJob, JudgeStage, default_template
+    from .judge.dispatch import JudgeDispatch
+    from .judge.feed import job_of
+    from .judge.setup import answer_deadline_s, make_stage
+    from .judge.workers import NAMESPACE, judge_workers, serving
 
     cfg = evaluate.judge
-    template_path = cfg.template or default_template(preset)
-    try:
-        template = Path(template_path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(str(template_path), "evaluate.judge.template", f"cannot read: {exc.strerror}") from None
-    settings = JudgeSettings(cfg.url, cfg.model, os.environ.get(cfg.api_key_env) if cfg.api_key_env else None,
-                             cfg.temperature, cfg.seed, cfg.max_tokens, cfg.timeout_s, cfg.retries, cfg.backoff_s,
-                             cfg.max_backoff_s)
-    jobs = [JudgeJob(i.id, i.instruction, outputs[i.id], list(i.images), i.target,
-                     {**i.extra, "id": i.id, "category": i.category or ""}) for i in items if i.id in outputs]
-    with limiter_redis(broker) as url:
+    queue = make_stage(evaluate, source).queue
+    cache_dir = Path(evaluate.cache_dir or folder / layout.SCORES_CACHE)
+    jobs = [job_of(i, outputs[i.id]) for i in items if i.id in outputs]
+    reads = [p for i in items for p in [*i.images, *([i.target] if i.target else [])]]
+    with judge_workers(broker, evaluate, queue, folder, reads, cache_dir, log) as url:
         redis = connect(url)
-        limiter = SharedRateLimit(redis, "editbatch", cfg.url, requests_per_minute=cfg.requests_per_minute,
-                                  tokens_per_minute=cfg.tokens_per_minute, burst=cfg.burst)
-        stage = JudgeStage(preset, settings, template, cache, limiter, workers=cfg.workers)
-        log(f"[editbatch] Judging {len(jobs)} items with {cfg.model} ({cfg.workers} workers, "
-            f"{cfg.requests_per_minute:g} requests/min shared)")
-        stage.run(jobs, lambda job, record: rows[job.id]["scores"].__setitem__("judge", record))
-        redis.close()
+        if not serving(redis, NAMESPACE, queue):
+            log(f"[editbatch] No judge worker serves {queue} yet: the items wait in its queue until one does "
+                f"(editbatch judge-worker --config CONFIG, with this evaluate section)")
+        run_id = f"score-{uuid.uuid4().hex[:12]}"
+        runstate.mark_running(redis, NAMESPACE, run_id)
+        dispatch = JudgeDispatch(make_app(url, task_events=False), redis, NAMESPACE, run_id, queue, cache_dir,
+                                 deadline_s=answer_deadline_s(cfg), say=log)
+        state = runstate.CANCELLED
+        try:
+            log(f"[editbatch] Judging {len(jobs)} items with {cfg.model} on queue {queue} "
+                f"({cfg.requests_per_minute:g} requests/min shared by every judge worker)")
+            for job in jobs:
+                dispatch.submit(job)
+            dispatch.wait()
+            state = runstate.ENDED
+        finally:
+            dispatch.stop()
+            runstate.mark_over(redis, NAMESPACE, run_id, state)  # copies still queued are skipped
+            redis.close()
+    for item_id, record in dispatch.done.items():
+        rows[item_id]["scores"]["judge"] = record
 
 
 def write_results(folder: Path, evaluate: EvaluateConfig, preset: Preset | None, metrics: list[str],

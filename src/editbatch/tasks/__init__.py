@@ -1,4 +1,5 @@
-"""The Celery task and its payload contract (`contract.py`), callable by other services."""
+"""The Celery tasks and their payload contracts, callable by other services: `editbatch.edit` (`contract.py`)
+and `editbatch.judge` (`judge_contract.py`)."""
 
 from .contract import TASK_NAME, EditTask
 

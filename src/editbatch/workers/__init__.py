@@ -1,1 +1,2 @@
-"""Per-device workers: device binding, staggered model loading, readiness records."""
+"""Workers: per-device ones (device binding, staggered model loading, readiness records) and judge
+workers (`judging.py`: no model, threads that ask the judge)."""

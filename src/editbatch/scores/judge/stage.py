@@ -1,20 +1,22 @@
-"""The judge stage: each edited item asked once (cache first), by a pool of threads under the shared limit.
+"""The judge of one item: the cache first, then one question under the shared limit, then the cache again.
 
-Threads, because a judge worker waits on the network, not on a device. Every
-outcome that a second ask would repeat (an answer, a refusal, an answer
-that does not parse) is cached under the item's full key before the next
-item is taken, so a stage killed and run again asks only what had no
-answer yet. Timeouts and server errors are not cached: a later run asks again.
+Judge worker processes (workers/judging.py) call `JudgeStage.judge` for each
+`editbatch.judge` task. Every outcome that a second ask would repeat (an
+answer, a refusal, an answer that does not parse) is cached under the item's
+full key before the result is reported, so an item sent again (its worker
+killed, the producer resumed) asks only if it had no answer yet. Timeouts
+and server errors are not cached: a later run asks again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 from ...config import DEFAULT_MAX_PIXELS
 from ...imageio import load_rgb as _load_rgb
@@ -58,15 +60,16 @@ def default_template(preset: Preset) -> Path:
 
 class JudgeStage:
     def __init__(self, preset: Preset, settings: JudgeSettings, template: str, cache: ScoreCache | None,
-                 limiter: SharedRateLimit | None, *, workers: int = 4):
+                 limiter: SharedRateLimit | None):
         self.preset = preset
         self.settings = settings
         self.template = template
         self.template_sha256 = hashlib.sha256(template.encode()).hexdigest()
         self.cache = cache
         self.limiter = limiter
-        self.workers = workers
-        self.stop = threading.Event()
+        self.stop = threading.Event()  # set at shutdown: a wait for the rate limit ends
+        # Held around each question (see asking.py: one asker across workers); none within one process.
+        self.exclusive: Callable[[str], ContextManager[None]] = lambda key: contextlib.nullcontext()
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -74,17 +77,32 @@ class JudgeStage:
         return {"scorer": "judge", "version": JUDGE_VERSION, "preset": self.preset.name, "model": self.settings.model,
                 "template_sha256": self.template_sha256, "decoding": self.settings.decoding}
 
+    @property
+    def queue(self) -> str:
+        """The Celery queue of this judge: workers of another judge (model, template, decoding) never take its items."""
+        digest = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()
+        return f"judge-{digest[:12]}"
+
     def key(self, job: JudgeJob, output_digest: str) -> str:
         return score_key(**self.identity, output=output_digest, inputs=[file_digest(p) for p in job.inputs],
                          target=file_digest(job.target), instruction=job.instruction,
                          fields={k: v for k, v in job.fields.items() if isinstance(v, (str, int, float))})
 
-    def judge(self, job: JudgeJob) -> dict[str, Any]:
+    def judge(self, job: JudgeJob, cache: ScoreCache | None = None) -> dict[str, Any]:
+        """The item's record; `cache` (default: the stage's own) is read first and holds every final outcome."""
+        cache = cache if cache is not None else self.cache
         output = load_rgb(job.output)
         key = self.key(job, image_digest(output))
-        found = self.cache.get(key) if self.cache is not None else None
+        found = cache.get(key) if cache is not None else None
         if found is not None:
             return {**found, "cached": True}
+        with self.exclusive(key):
+            found = cache.get(key) if cache is not None else None  # answered by a copy that asked meanwhile
+            if found is not None:
+                return {**found, "cached": True}
+            return self._ask(job, output, key, cache)
+
+    def _ask(self, job: JudgeJob, output, key: str, cache: ScoreCache | None) -> dict[str, Any]:
         prompt = self.template.format_map(_Blank(job.fields, instruction=job.instruction))
         images = [load_rgb(p) for p in job.inputs] + [output]
         tokens = estimate_tokens(prompt, len(images), self.settings.max_tokens)
@@ -93,30 +111,9 @@ class JudgeStage:
                       lambda text: parse_answer(self.preset, text), acquire=acquire)
         record = {"id": job.id, **outcome.to_dict(), "model": self.settings.model,
                   "template_sha256": self.template_sha256}
-        if self.cache is not None and outcome.status in CACHED_STATUSES:
-            self.cache.put(key, record)
+        if cache is not None and outcome.status in CACHED_STATUSES:
+            cache.put(key, record)
         return record
-
-    def run(self, jobs: list[JudgeJob], on_done: Callable[[JudgeJob, dict[str, Any]], None]) -> None:
-        """Judge every job; `on_done` is called (from the pool's threads, one at a time) as each ends."""
-        lock = threading.Lock()
-
-        def one(job: JudgeJob) -> None:
-            if self.stop.is_set():
-                return
-            try:
-                record = self.judge(job)
-            except InterruptedError:
-                return
-            except Exception as exc:  # noqa: BLE001 - one item (an unreadable output) must not stop the others
-                record = {"id": job.id, "status": "error", "scores": None, "reason": "", "raw": None,
-                          "error": f"{exc.__class__.__name__}: {exc}", "attempts": 0}
-            with lock:
-                on_done(job, record)
-
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="judge") as pool:
-            for future in [pool.submit(one, job) for job in jobs]:
-                future.result()
 
 
 def load_rgb(path: Path):
