@@ -190,3 +190,18 @@ def assert_barrier_held(manifest: list[dict]) -> None:
         for k in sorted({r["batch"] for r in mine})[1:]:
             before = max(r["finished_at"] for r in mine if r["batch"] < k)
             assert min(r["started_at"] for r in mine if r["batch"] == k) >= before, (run, round_no, k)
+
+
+@pytest.fixture
+def compose(tmp_path):
+    """docker-compose.yml played as local processes (see compose_rehearsal.py), stopped like `compose down`."""
+    import secrets
+
+    from .compose_rehearsal import Rehearsal
+
+    dotenv = {"REDIS_PASSWORD": secrets.token_urlsafe(12), "FLOWER_PASSWORD": secrets.token_urlsafe(12)}
+    project = Rehearsal(tmp_path, dotenv)
+    try:
+        yield project
+    finally:
+        project.stop()

@@ -6,29 +6,16 @@ the fake server on 127.0.0.1, and the template is one the fake server reads item
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
 
-import pytest
 import yaml
 from PIL import Image
 
 from editbatch.redisconn import connect
 
-from .compose_rehearsal import Rehearsal
 from .conftest import read_jsonl, write_dataset
 from .fake_judge import FakeJudge
 from .test_compose_rehearsal import _pings, wait_for
-
-
-@pytest.fixture
-def compose(tmp_path):
-    dotenv = {"REDIS_PASSWORD": secrets.token_urlsafe(12), "FLOWER_PASSWORD": secrets.token_urlsafe(12)}
-    project = Rehearsal(tmp_path, dotenv)
-    try:
-        yield project
-    finally:
-        project.stop()
 
 
 def test_the_judge_service_judges_a_score_sent_from_the_coordinator(compose, sample_image):

@@ -7,12 +7,10 @@ Costs about 15 s on 2 cores (nine processes start; three small jobs of simulated
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
 import subprocess
 import time
 
-import pytest
 import yaml
 
 from editbatch.redisconn import connect
@@ -20,16 +18,6 @@ from editbatch.redisconn import connect
 from .compose_rehearsal import SIMULATED, Rehearsal
 from .conftest import REPO, read_run, simple_rows, write_dataset
 from .jobs_helpers import flower_call
-
-
-@pytest.fixture
-def compose(tmp_path):
-    dotenv = {"REDIS_PASSWORD": secrets.token_urlsafe(12), "FLOWER_PASSWORD": secrets.token_urlsafe(12)}
-    project = Rehearsal(tmp_path, dotenv)
-    try:
-        yield project
-    finally:
-        project.stop()
 
 
 def wait_for(what: str, check, compose: Rehearsal, timeout: float = 120):

@@ -71,19 +71,7 @@ class EditTask:
 
     @classmethod
     def from_payload(cls, payload: Any) -> "EditTask":
-        if not isinstance(payload, dict):
-            raise PayloadError(f"payload must be a JSON object, got {type(payload).__name__}")
-        version = payload.get("v", VERSION)
-        if version != VERSION:
-            raise PayloadError(f"unsupported payload version {version!r} (this worker speaks {VERSION})")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(payload) - known - {"v"})
-        if unknown:
-            raise PayloadError(f"unknown payload fields: {', '.join(unknown)}")
-        missing = [k for k in ("id", "images", "instruction", "output_dir", "seed") if k not in payload]
-        if missing:
-            raise PayloadError(f"missing payload fields: {', '.join(missing)}")
-        task = cls(**{k: v for k, v in payload.items() if k != "v"})
+        task = cls(**payload_fields(cls, payload, VERSION, ("id", "images", "instruction", "output_dir", "seed")))
         if not isinstance(task.images, list) or not all(isinstance(p, str) for p in task.images):
             raise PayloadError("'images' must be a list of file paths")
         if not isinstance(task.seed, int) or isinstance(task.seed, bool):
@@ -91,3 +79,19 @@ class EditTask:
         if not isinstance(task.params, dict):
             raise PayloadError("'params' must be an object")
         return task
+
+
+def payload_fields(cls: type, payload: Any, version: int, required: tuple[str, ...]) -> dict[str, Any]:
+    """A payload's fields for dataclass `cls`, after the checks every task contract makes: a JSON object of
+    this version, no unknown field, every required one present. Types are checked by each contract."""
+    if not isinstance(payload, dict):
+        raise PayloadError(f"payload must be a JSON object, got {type(payload).__name__}")
+    if payload.get("v", version) != version:
+        raise PayloadError(f"unsupported payload version {payload.get('v')!r} (this worker speaks {version})")
+    unknown = sorted(set(payload) - set(cls.__dataclass_fields__) - {"v"})
+    if unknown:
+        raise PayloadError(f"unknown payload fields: {', '.join(unknown)}")
+    missing = [k for k in required if k not in payload]
+    if missing:
+        raise PayloadError(f"missing payload fields: {', '.join(missing)}")
+    return {k: v for k, v in payload.items() if k != "v"}

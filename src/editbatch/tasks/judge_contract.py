@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .contract import PayloadError
+from .contract import PayloadError, payload_fields
 
 TASK_NAME = "editbatch.judge"
 VERSION = 1
@@ -44,17 +44,7 @@ class JudgeTask:
 
     @classmethod
     def from_payload(cls, payload: Any) -> "JudgeTask":
-        if not isinstance(payload, dict):
-            raise PayloadError(f"payload must be a JSON object, got {type(payload).__name__}")
-        if payload.get("v", VERSION) != VERSION:
-            raise PayloadError(f"unsupported payload version {payload.get('v')!r} (this worker speaks {VERSION})")
-        unknown = sorted(set(payload) - set(cls.__dataclass_fields__) - {"v"})
-        if unknown:
-            raise PayloadError(f"unknown payload fields: {', '.join(unknown)}")
-        missing = [k for k in ("id", "instruction", "output", "queue", "cache_dir") if k not in payload]
-        if missing:
-            raise PayloadError(f"missing payload fields: {', '.join(missing)}")
-        task = cls(**{k: v for k, v in payload.items() if k != "v"})
+        task = cls(**payload_fields(cls, payload, VERSION, ("id", "instruction", "output", "queue", "cache_dir")))
         if not isinstance(task.inputs, list) or not all(isinstance(p, str) for p in task.inputs):
             raise PayloadError("'inputs' must be a list of file paths")
         if not isinstance(task.fields, dict):
