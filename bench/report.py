@@ -148,7 +148,8 @@ def chromium(url: str) -> tuple[float, str]:
 def size_mb(path: Path) -> float:
     if path.is_file():
         return path.stat().st_size / 1e6
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6 if path.is_dir() else 0.0
+    files = {f.stat().st_ino: f.stat().st_size for f in path.rglob("*") if f.is_file()} if path.is_dir() else {}
+    return sum(files.values()) / 1e6  # hard links once
 
 
 def main(argv=None) -> int:

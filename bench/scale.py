@@ -108,6 +108,8 @@ def main(argv=None) -> int:
                       f"{peak['redis'] / 2**20:14.1f} MB | "
                       f"{'yes' if whole and os.waitstatus_to_exitcode(status) == 0 else 'NO'} |",
                       flush=True)
+                print(f"<!-- {mode} producer peak RSS per step: "
+                      + ", ".join(f"{k} {v:.0f} MB" for k, v in steps[-1][1].items()) + " -->", flush=True)
             print("\nproducer peak RSS per step (MB):")
             print("| mode     | dispatch | manifest rewrite | summary | report | whole command |")
             print("|----------|---------:|-----------------:|--------:|-------:|--------------:|")

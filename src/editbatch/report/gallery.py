@@ -19,6 +19,7 @@ import bisect
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,8 @@ class GalleryWriter:
     def add(self, row: dict[str, Any]) -> None:
         html = str(self.render_row(row))
         n, category = row["n"], row["category"]
-        rank = row.get("rank")
-        self.entries.append((category, n, " ".join(row["statuses"]), rank if rank != "" else None,
+        rank, statuses = row.get("rank"), sys.intern(" ".join(row["statuses"]))  # interned: one per kind
+        self.entries.append((sys.intern(category), n, statuses, rank if rank != "" else None,
                              f"{row['id']} {row['instruction']}".lower()))
         if len(self.first) < PAGE or (category, n) < self.first[-1][:2]:
             bisect.insort(self.first, (category, n, html))

@@ -24,7 +24,7 @@ from ..scheduling.metrics import Ratios
 from . import scores as score_view
 from .gallery import CHUNK, PAGE, GalleryWriter, items_dir, matched
 from .run_folder import RunFolder, read_run_folder
-from .thumbnails import make_thumbnails, thumbnail_path
+from .thumbnails import THUMBS, make_thumbnails, thumbnail_name, thumbnail_path
 from .timeline import build_timeline, svg_geometry, write_timeline_png
 
 @dataclass
@@ -112,6 +112,8 @@ class Thumbs:
     def __init__(self, runs: list[RunFolder]):
         self.home: dict[Path, Path] = {}  # input -> the run folder holding its thumbnail (the first naming it)
         self.unreadable: set[Path] = set()  # sources with no thumbnail (missing, not an image)
+        self.prefixes: dict[Path, str] = {}  # run folder -> its link from the page, ending in /
+        self.inputs: dict[Path, tuple[str | None, str | None]] = {}  # input -> its links
         pending: dict[Path, list[Path]] = {}
         for run in runs:
             for record in run.records():
@@ -133,6 +135,24 @@ class Thumbs:
         self.unreadable.update(s for s in sources if s not in made)
         sources.clear()
 
+    def output_links(self, run: RunFolder, output: str, page_dir: Path) -> tuple[str | None, str | None]:
+        """`links` of a run's output, by string where the path is plain (100,000 of them, Path is slow)."""
+        if output.startswith("/") or ".." in output or "//" in output or output.startswith("./"):
+            return self.links(run.path / output, run.path, page_dir)
+        if run.path not in self.prefixes:
+            base = _link(run.path, page_dir)
+            self.prefixes[run.path] = "" if base == "." else base + "/"
+        prefix = self.prefixes[run.path]
+        if self.unreadable and run.path / output in self.unreadable:
+            return self.links(run.path / output, run.path, page_dir)
+        return prefix + quote(output), prefix + quote(THUMBS.as_posix()) + "/" + thumbnail_name(output)
+
+    def input_links(self, source: Path, run_dir: Path, page_dir: Path) -> tuple[str | None, str | None]:
+        """`links` of an input, made once: datasets reuse their images."""
+        if source not in self.inputs:
+            self.inputs[source] = self.links(source, run_dir, page_dir)
+        return self.inputs[source]
+
     def links(self, source: Path, run_dir: Path, page_dir: Path) -> tuple[str | None, str | None]:
         """(full-size link, thumbnail link) of `source`; None where there is none."""
         if source in self.unreadable:
@@ -147,7 +167,7 @@ def build_row(n: int, records: list[dict[str, Any] | None], runs: list[RunFolder
     first, run_of_first = records[k0], runs[k0]
     inputs = []
     for name in first.get("inputs") or []:
-        full, thumb = thumbs.links(run_of_first.input_path(name), run_of_first.path, page_dir)
+        full, thumb = thumbs.input_links(run_of_first.input_path(name), run_of_first.path, page_dir)
         inputs.append({"full": full, "thumb": thumb, "name": Path(name).name})
     cells = []
     for run, record in zip(runs, records):
@@ -156,7 +176,7 @@ def build_row(n: int, records: list[dict[str, Any] | None], runs: list[RunFolder
             continue
         full = thumb = None
         if record.get("output"):
-            full, thumb = thumbs.links(run.path / record["output"], run.path, page_dir)
+            full, thumb = thumbs.output_links(run, record["output"], page_dir)
         cells.append({"status": record.get("status") or "unknown", "seconds": _seconds(record),
                       "device": record.get("device"), "error": record.get("error"), "full": full, "thumb": thumb})
     statuses = sorted({c["status"] for c in cells if c} | ({"missing"} if None in cells else set()))

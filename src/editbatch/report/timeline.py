@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from sys import intern  # one string per device, status and run, not one per item
 from typing import NamedTuple
 
 from ..humanize import duration
@@ -77,9 +78,9 @@ class _Ran(NamedTuple):
 
 
 def _ran(records) -> list[_Ran]:
-    return [_Ran(r["started_at"], r["finished_at"], r["device"], r.get("status") == "ok", r.get("batch"),
-                 r.get("index"), r["id"], r.get("status"), r.get("run"), r.get("round") or 0,
-                 None if r.get("status") == "ok" else r.get("error"))
+    return [_Ran(r["started_at"], r["finished_at"], intern(r["device"]), r.get("status") == "ok", r.get("batch"),
+                 r.get("index"), r["id"], intern(r.get("status") or "unknown"), r.get("run") and intern(r["run"]),
+                 r.get("round") or 0, None if r.get("status") == "ok" else r.get("error"))
             for r in records if r.get("device") and r.get("started_at") is not None
             and r.get("finished_at") is not None]
 
