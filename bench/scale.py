@@ -88,7 +88,7 @@ def main(argv=None) -> int:
                 sampler.start()
                 for line in proc.stdout:  # the producer's lines, timed: where its end steps begin and end
                     trace.line(line)
-                _, status, usage = os.wait4(proc.pid, 0)
+                _, status, _ = os.wait4(proc.pid, 0)
                 wall = time.monotonic() - start
                 stop.set()
                 sampler.join()
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
                 whole = lines == args.items == len(ids) == ok
                 summary = json.loads((root / f"run-{mode}" / "summary.json").read_text())
                 rate = args.items / summary["makespan_s"]
-                print(f"| {mode:<8} | {rate:7.0f} | {wall:6.1f} | {usage.ru_maxrss / 1024:14.0f} MB | "
+                print(f"| {mode:<8} | {rate:7.0f} | {wall:6.1f} | {trace.peak_mb:14.0f} MB | "
                       f"{peak['redis'] / 2**20:14.1f} MB | "
                       f"{'yes' if whole and os.waitstatus_to_exitcode(status) == 0 else 'NO'} |",
                       flush=True)
@@ -127,13 +127,20 @@ class RssTrace:
         self.samples: list[tuple[float, float]] = []  # (time.time(), MB)
         self.marks: dict[str, float] = {}
         self.inode: int | None = None
+        self.peak_mb = 0.0
 
     def sample(self) -> None:
         try:
             with open(f"/proc/{self.pid}/status") as fh:
-                rss = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024
-        except (OSError, StopIteration):
+                fields = dict(line.split(":", 1) for line in fh)
+        except OSError:
             return
+        if "VmRSS" not in fields:
+            return  # exiting
+        rss = int(fields["VmRSS"].split()[0]) / 1024
+        # The kernel's high-water mark, between samples too (ru_maxrss from wait4 can carry the
+        # bench's own RSS from before the producer's exec).
+        self.peak_mb = max(self.peak_mb, int(fields["VmHWM"].split()[0]) / 1024)
         now = time.time()
         self.samples.append((now, rss))
         try:
