@@ -6,7 +6,9 @@
 For each mode the producer runs as its own process (`editbatch run`), so its
 peak RSS is its own; Redis memory is sampled every 0.1 s while it runs.
 Prints items/s, producer peak RSS, Redis peak memory, and whether every item
-appears exactly once in the manifest with status ok.
+appears exactly once in the manifest with status ok; then the producer's peak
+RSS in each step of its end, from /proc samples every 50 ms placed between the
+last result, the manifest rewrite, summary.json and the `Report:` line.
 """
 
 from __future__ import annotations
@@ -64,27 +66,33 @@ def main(argv=None) -> int:
                   f"{'off' if args.no_events else 'on'}, {os.cpu_count()} CPU cores", flush=True)
             print("| mode     | items/s | wall s | producer peak RSS | Redis peak memory | all once, ok |")
             print("|----------|--------:|-------:|------------------:|------------------:|:------------:|")
+            steps = []
             for mode in args.modes.split(","):
                 cfg_path = root / f"{mode}.yaml"
                 cfg_path.write_text(dump_config(config(mode, broker)))
                 peak = {"redis": 0}
                 stop = threading.Event()
+                start = time.monotonic()
+                proc = subprocess.Popen([sys.executable, "-m", "editbatch", "run", str(cfg_path)],
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                        env={**os.environ, "TQDM_DISABLE": "1"})
+                manifest = root / f"run-{mode}" / "manifest.jsonl"
+                trace = RssTrace(proc.pid, manifest)
 
-                def sample(stop=stop, peak=peak):
-                    while not stop.wait(0.1):
+                def sample(stop=stop, peak=peak, trace=trace):
+                    while not stop.wait(0.05):
+                        trace.sample()
                         peak["redis"] = max(peak["redis"], int(redis.info("memory")["used_memory"]))
 
                 sampler = threading.Thread(target=sample, daemon=True)
                 sampler.start()
-                start = time.monotonic()
-                proc = subprocess.Popen([sys.executable, "-m", "editbatch", "run", str(cfg_path)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        env={**os.environ, "TQDM_DISABLE": "1"})
-                _, status, usage = os.wait4(proc.pid, 0)
+                for line in proc.stdout:  # the producer's lines, timed: where its end steps begin and end
+                    trace.line(line)
+                _, status, _ = os.wait4(proc.pid, 0)
                 wall = time.monotonic() - start
                 stop.set()
                 sampler.join()
-                manifest = root / f"run-{mode}" / "manifest.jsonl"
+                steps.append((mode, trace.steps(manifest)))
                 ids, ok = set(), 0
                 lines = 0
                 with manifest.open() as fh:
@@ -96,11 +104,74 @@ def main(argv=None) -> int:
                 whole = lines == args.items == len(ids) == ok
                 summary = json.loads((root / f"run-{mode}" / "summary.json").read_text())
                 rate = args.items / summary["makespan_s"]
-                print(f"| {mode:<8} | {rate:7.0f} | {wall:6.1f} | {usage.ru_maxrss / 1024:14.0f} MB | "
+                print(f"| {mode:<8} | {rate:7.0f} | {wall:6.1f} | {trace.peak_mb:14.0f} MB | "
                       f"{peak['redis'] / 2**20:14.1f} MB | "
                       f"{'yes' if whole and os.waitstatus_to_exitcode(status) == 0 else 'NO'} |",
                       flush=True)
+                print(f"<!-- {mode} producer peak RSS per step: "
+                      + ", ".join(f"{k} {v:.0f} MB" for k, v in steps[-1][1].items()) + " -->", flush=True)
+            print("\nproducer peak RSS per step (MB):")
+            print("| mode     | dispatch | manifest rewrite | summary | report | whole command |")
+            print("|----------|---------:|-----------------:|--------:|-------:|--------------:|")
+            names = ("dispatch", "manifest rewrite", "summary", "report", "whole")
+            for mode, s in steps:
+                print(f"| {mode:<8} | " + " | ".join(f"{s.get(k, 0):.0f}" for k in names) + " |")
     return 0
+
+
+class RssTrace:
+    """The producer's RSS every 50 ms, with the moments its end steps are seen to finish."""
+
+    def __init__(self, pid: int, manifest: Path):
+        self.pid, self.manifest = pid, manifest
+        self.samples: list[tuple[float, float]] = []  # (time.time(), MB)
+        self.marks: dict[str, float] = {}
+        self.inode: int | None = None
+        self.peak_mb = 0.0
+
+    def sample(self) -> None:
+        try:
+            with open(f"/proc/{self.pid}/status") as fh:
+                fields = dict(line.split(":", 1) for line in fh)
+        except OSError:
+            return
+        if "VmRSS" not in fields:
+            return  # exiting
+        rss = int(fields["VmRSS"].split()[0]) / 1024
+        # The kernel's high-water mark, between samples too (ru_maxrss from wait4 can carry the
+        # bench's own RSS from before the producer's exec).
+        self.peak_mb = max(self.peak_mb, int(fields["VmHWM"].split()[0]) / 1024)
+        now = time.time()
+        self.samples.append((now, rss))
+        try:
+            inode = self.manifest.stat().st_ino
+        except OSError:
+            return
+        if self.inode is not None and inode != self.inode:
+            self.marks.setdefault("manifest rewrite", now)  # rewritten in place of the appended file
+        self.inode = inode
+        if (self.manifest.parent / "summary.json").exists():
+            self.marks.setdefault("summary", now)
+
+    def line(self, text: str) -> None:
+        if text.startswith("Batch edit completed"):
+            self.marks.setdefault("summary", time.time())
+        elif text.startswith(("Report:", "Report not written")):
+            self.marks["report"] = time.time()
+
+    def steps(self, manifest: Path) -> dict[str, float]:
+        """Peak MB in each step: until the last result was reported, then until each mark."""
+        last = 0.0
+        with manifest.open() as fh:
+            for line in fh:
+                last = max(last, json.loads(line).get("reported_at") or 0.0)
+        bounds = [("dispatch", last + 0.5)] + sorted(self.marks.items(), key=lambda kv: kv[1])
+        out, begin = {}, 0.0
+        for name, end in bounds:
+            out[name] = max((r for t, r in self.samples if begin <= t <= end), default=0.0)
+            begin = end
+        out["whole"] = max((r for _, r in self.samples), default=0.0)
+        return out
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from PIL import Image
 from editbatch import ledger
 from editbatch.imageio import load_rgb
 from editbatch.report import write_report
+from editbatch.report.gallery import CHUNK, PAGE
+from editbatch.report.timeline import MAX_ITEM_BARS
 from editbatch.report.thumbnails import SIZE, make_thumbnails, thumbnail_path, write_item_thumbnails
 
 from .conftest import SIM_DEVICES, run_cli, simple_rows
@@ -202,3 +205,70 @@ def test_page_renders_in_headless_chromium_without_console_errors(sim_run, sampl
     assert console == []
     # The filter script ran: it fills in the item count.
     assert f'id="f-count" class="muted">{len(manifest)} items</span>' in dom.stdout
+
+
+def synthetic_run(folder: Path, n: int, devices: int = 4) -> Path:
+    """A finished run folder of `n` items written directly (no images: the report links none)."""
+    folder.mkdir(parents=True)
+    t0 = 1_700_000_000.0
+    with (folder / "manifest.jsonl").open("w") as fh:
+        for i in range(n):
+            start = t0 + (i // devices) * 0.01
+            status = "failed" if i in (5, 102, 199) else "ok"
+            fh.write(json.dumps({"id": f"item-{i:05d}", "index": i, "status": status, "output": None,
+                                 "device": f"gpu{i % devices}", "started_at": start, "finished_at": start + 0.008,
+                                 "error": "boom" if status != "ok" else None, "inputs": [],
+                                 "category": ("add", "color", "style")[i % 3], "instruction": f"make number {i} nicer"})
+                     + "\n")
+    (folder / "summary.json").write_text(json.dumps({
+        "mode": "nosync", "items": n, "devices": [f"gpu{d}" for d in range(devices)], "name": "synthetic",
+        "run_id": f"r{n}", "started_at": t0, "makespan_s": n * 0.01 / devices, "efficiency": None, "overhead": None,
+        "not_applicable": "0.00 ms of work per task"}))
+    return folder
+
+
+def gallery_rows(html: Path) -> tuple[list[dict], list[list]]:
+    """The rows of every chunk beside `html` (parsed as the page would show them) and the index's entries."""
+    items = html.with_suffix("") / "items"
+    rows = []
+    for chunk in sorted(items.glob("chunk-*.js")):
+        text = chunk.read_text()
+        rows += Page("".join(json.loads(text[text.index(",") + 1:text.rindex(")")]))).rows
+    text = (items / "index.js").read_text()
+    return rows, json.loads(text[text.index("[", text.index("}")):text.rindex(")")])
+
+
+def test_a_large_report_is_paged_and_its_page_does_not_grow_with_the_items(tmp_path):
+    small = write_report([synthetic_run(tmp_path / "small", 1500)])
+    large = write_report([synthetic_run(tmp_path / "large", 3000)])
+    assert abs(large.html.stat().st_size - small.html.stat().st_size) < 2_000  # the timeline is drawn per slice
+    for result, n in ((small, 1500), (large, 3000)):
+        page = Page(result.html.read_text())
+        assert len(page.rows) == PAGE  # the first page: the first category in input order
+        assert [r["id"] for r in page.rows] == [f"item-{i:05d}" for i in range(0, 3 * PAGE, 3)]
+        rows, index = gallery_rows(result.html)
+        assert sorted(r["id"] for r in rows) == [f"item-{i:05d}" for i in range(n)]  # every item once, in chunks
+        assert len(list((result.html.with_suffix("") / "items").glob("chunk-*.js"))) == -(-n // CHUNK)
+        assert len(index) == n and {e[2] for e in index} == {"ok", "failed"}
+        assert len(page.bars[0]) <= 4 * MAX_ITEM_BARS  # 4 lanes, drawn per slice of time
+    text = large.html.read_text()
+    assert "n/a (0.00 ms of work per task)" in text and "Failed, invalid and not-run items (3)" in text
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine")
+def test_a_multi_page_report_searches_and_pages_over_every_item_in_headless_chromium(tmp_path):
+    html = write_report([synthetic_run(tmp_path / "run", 2000)]).html
+    common = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+              "--virtual-time-budget=10000", "--dump-dom"]
+    # A search for an item on the last page: the index finds it, its chunk is loaded and shown.
+    found = subprocess.run(common + [html.as_uri() + "#q=item-01997"], capture_output=True, text=True, timeout=120)
+    shown = Page(found.stdout).rows
+    assert [r["id"] for r in shown] == ["item-01997"], found.stderr[-2000:]
+    assert 'id="f-count" class="muted">1 of 2000 items shown</span>' in found.stdout
+    # A link to a row on a later page (as a timeline bar makes) opens that page.
+    linked = subprocess.run(common + [html.as_uri() + "#item-1999"], capture_output=True, text=True, timeout=120)
+    ids = [r["id"] for r in Page(linked.stdout).rows]
+    # item 1999 is the last of category color (add, color, style): row 1334 of the gallery
+    assert "item-01999" in ids and len(ids) <= PAGE and 'page 14 of 20' in linked.stdout
+    console = [line for line in (found.stderr + linked.stderr).splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert console == []

@@ -99,3 +99,30 @@ def test_a_comparison_names_runs_by_run_id_and_shows_what_differs(tmp_path, sim_
     assert f"night ({ids[0]})" in text and f"night ({ids[1]})" in text
     assert "seed 42" in text and "seed 7" in text
     assert "model path" not in text.split("differs", 1)[1].split("</tr>", 1)[0]  # the same in both: not listed
+
+
+def test_zero_second_items_read_efficiency_and_overhead_as_not_applicable(sim_run):
+    proc, manifest, summary = sim_run(8, mode="nosync", params={"seconds": 0.0})
+    assert proc.returncode == 0, proc.stderr
+    out = Path(proc.stdout.split("Outputs: ")[1].strip())
+    # Not 0.000 and +30000%: null in summary.json with the reason, and n/a wherever it is shown.
+    assert summary["efficiency"] is None and summary["overhead"] is None and "per-task" in summary["not_applicable"]
+    assert "efficiency and overhead n/a (" in proc.stdout.split("Batch edit completed")[1].splitlines()[0]
+    assert f"n/a ({summary['not_applicable']})" in (out / "report.html").read_text()
+    status = run_cli("status", str(out))
+    assert "schedule: efficiency and overhead n/a (" in status.stdout, status.stdout + status.stderr
+
+
+def test_efficiency_applies_from_a_few_milliseconds_of_work_per_task():
+    from editbatch.scheduling.metrics import MIN_TASK_WORK_S, Ratios, Timing, ratios
+
+    def timings(work):
+        return [Timing(k, "a", k * 1.0, k * 1.0 + work, work_s=work) for k in range(4)]
+
+    none = ratios(timings(0.0), span=4.0, lower=0.01, ideal=0.02)
+    assert (none.efficiency, none.overhead) == (None, None) and "0.00 ms of work per task" in none.not_applicable
+    assert none.text().startswith("efficiency and overhead n/a (") and Ratios.of({}).shown("efficiency", "x") == "n/a"
+    some = ratios(timings(MIN_TASK_WORK_S * 2), span=4.0, lower=2.0, ideal=3.2)
+    assert some.not_applicable is None and some.efficiency == 0.5 and abs(some.overhead - 0.25) < 1e-9
+    assert some.text() == "efficiency 0.500, overhead +25.0%"
+    assert ratios([], span=0.0, lower=0.0, ideal=None).not_applicable == "no item ran on a device"

@@ -52,11 +52,29 @@ def is_final(record: dict[str, Any]) -> bool:
     return record.get("status") in STATUSES and not record.get("retrying")
 
 
+class Tally:
+    """Counts taken one record at a time, keeping only each index's last status (a 100,000-item
+    manifest streams through it); later records of an index replace earlier ones."""
+
+    def __init__(self) -> None:
+        self.last: dict[Any, tuple[Any, bool]] = {}
+        self._seen = 0
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.last[record.get("index", f"#{self._seen}")] = (record.get("status"), bool(record.get("retrying")))
+        self._seen += 1
+
+    def counts(self, total: int | None = None) -> Counts:
+        by = dict.fromkeys(STATUSES, 0)
+        for status, retrying in self.last.values():
+            if status in by and not retrying:  # as `is_final`
+                by[status] += 1
+        return Counts(total=len(self.last) if total is None else total, **by)
+
+
 def count(records: Iterable[dict[str, Any]], total: int | None = None) -> Counts:
     """Counts over manifest records (one per item; later records of an index replace earlier ones)."""
-    last: dict[Any, dict[str, Any]] = {}
-    for n, record in enumerate(records):
-        last[record.get("index", f"#{n}")] = record
-    final = [r for r in last.values() if is_final(r)]
-    by = {s: sum(1 for r in final if r.get("status") == s) for s in STATUSES}
-    return Counts(total=len(last) if total is None else total, **by)
+    tally = Tally()
+    for record in records:
+        tally.add(record)
+    return tally.counts(total)

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 from . import runstate
 from .humanize import duration
-from .counts import Counts, count
+from .counts import Counts, Tally
 from .producer.resume import producer_alive
 from .report.run_folder import read_run_folder
+from .scheduling.metrics import Ratios
 
 
 @dataclass
@@ -28,6 +29,7 @@ class RunStatus:
     eta_s: float | None
     devices: dict[str, str] = field(default_factory=dict)  # queue -> state text
     note: str | None = None
+    ratios: Ratios | None = None  # a finished run's efficiency and overhead (or why they do not apply)
 
 
 def _device_states(broker: str, namespace: str, devices: list[str], run_id: str | None) -> dict[str, str]:
@@ -56,20 +58,28 @@ def _device_states(broker: str, namespace: str, devices: list[str], run_id: str 
 
 def read_status(run_dir: str, broker: str | None = None) -> RunStatus:
     folder = read_run_folder(run_dir)
-    run, summary, records = folder.run, folder.summary, folder.manifest
-    tally = count(records, total=run.get("items") or summary.get("items") or len(records))
+    run, summary = folder.run, folder.summary
+    tally, ran, first = Tally(), 0, None
+    for r in folder.records():  # one pass: a 100,000-item manifest is not held
+        tally.add(r)
+        if r.get("finished_at") and r.get("status") != "invalid":
+            ran += 1
+            if r.get("started_at") and (first is None or r["started_at"] < first):
+                first = r["started_at"]
+    tally = tally.counts(total=run.get("items") or summary.get("items") or len(tally.last))
     finished = bool(summary) or run.get("state") in runstate.OVER  # a summary left by an earlier run is dropped
     if finished:
         state = "cancelled" if (run.get("state") or summary.get("state")) == runstate.CANCELLED else "finished"
     else:
         state = {True: "running", False: "stopped (producer gone)", None: "running?"}[producer_alive(run)]
-    ran = [r for r in records if r.get("finished_at") and r.get("status") != "invalid"]
-    start = summary.get("started_at") or (min(r["started_at"] for r in ran if r.get("started_at")) if ran else None)
+    start = summary.get("started_at") or first
     end = summary.get("finished_at") if finished else time.time()
-    rate = len(ran) / (end - start) if ran and start and end and end > start else None
+    rate = ran / (end - start) if ran and start and end and end > start else None
     eta = tally.pending / rate if rate and not finished else (0.0 if finished else None)
     status = RunStatus(run.get("run_id") or summary.get("run_id"), folder.name, str(folder.path), state, tally,
                        rate, eta)
+    if finished and summary:
+        status.ratios = Ratios.of(summary)
     devices = folder.devices
     url = broker or (run.get("broker") if "***" not in (run.get("broker") or "***") else None)
     if finished:
@@ -98,6 +108,8 @@ def render_status(s: RunStatus) -> str:
     ]
     if s.state not in ("finished", "cancelled"):
         lines.append(f"eta: {duration(s.eta_s)}" if s.eta_s is not None else "eta: -")
+    if s.ratios is not None:
+        lines.append(f"schedule: {s.ratios.text()}")
     lines.append("devices:")
     lines += [f"  {d}: {state}" for d, state in s.devices.items()]
     if s.note:

@@ -9,6 +9,7 @@ records through `counts.py`.
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Callable
 
 from .. import clock, counts
@@ -83,7 +84,7 @@ class Recorder:
 
     def close(self, item: Item, error: str, round_no: int, *, status: str = counts.FAILED) -> None:
         """Settle an item that will not run (again): keep its last failure, or record `status` with `error`."""
-        last = self.manifest.records.get(item.index)
+        last = self.manifest.get(item.index)
         if last is not None and last.get("retrying"):
             record = {k: v for k, v in last.items() if k != "retrying"}
             status = counts.FAILED
@@ -97,11 +98,12 @@ class Recorder:
         self.manifest.add(record)
 
     def settled(self, index: int) -> bool:
-        record = self.manifest.records.get(index)
-        return record is not None and counts.is_final(record)
+        state = self.manifest.state.get(index)
+        return state is not None and counts.is_final({"status": state[0], "retrying": state[1]})
 
     def counts(self) -> counts.Counts:
-        return counts.count(self.manifest.records.values(), total=len(self.items))
+        return counts.count(self.manifest.statuses(), total=len(self.items))
 
-    def finalize(self) -> list[dict[str, Any]]:
+    def finalize(self) -> Iterator[dict[str, Any]]:
+        """The manifest rewritten in input order: its records, streamed (see `Manifest.finalize`)."""
         return self.manifest.finalize()

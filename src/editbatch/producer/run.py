@@ -27,7 +27,7 @@ from ..dataset import where
 from ..errors import EXIT_ITEMS_FAILED, EXIT_OK, ClusterError, EditBatchError, RunCancelled
 from ..models.identity import shared_queue
 from ..report.after_run import write_report_after_run
-from ..scheduling import make_policy, policy_class
+from ..scheduling import make_policy, metrics, policy_class
 from ..scheduling.policies import queue_depth
 from . import resume
 from .cluster import ClusterHandle, start_cluster
@@ -263,11 +263,10 @@ class Run:
         summary: dict[str, Any] = {}
         earlier = _read_summary(plan.out_dir) if self.options.resume else {}
         try:
-            ordered = recorder.finalize()
             round0 = {i.index: k for k, i in enumerate(plan.todo)}
             sched = self.config.schedule
-            summary = summarize(
-                ordered, mode=sched.mode, devices=self.devices, ordinal_of=round0,
+            summary = summarize(  # in one pass over the manifest as it is rewritten
+                recorder.finalize(), mode=sched.mode, devices=self.devices, ordinal_of=round0,
                 dispatch_started_at=dispatch_started_at,
                 policy_factory=lambda: make_policy(sched.mode, len(plan.todo), self.devices,
                                                    shared_queue(plan.model_id), max_skew=sched.max_skew,
@@ -304,10 +303,11 @@ class Run:
     def report(self, plan: Plan, recorder: Recorder, summary: dict[str, Any]) -> RunResult:
         say = self.progress.say
         invalid = [(where(i), i.error) for i in plan.items if not i.valid]
-        eff = summary.get("efficiency")
+        ratios = metrics.Ratios.of(summary)
         reused = f", {summary['reused']} reused" if summary.get("reused") else ""
+        bound = f", lower bound {summary['lower_bound_s']:.2f}s" if ratios.efficiency is not None else ""
         say(f"Batch edit completed: {recorder.counts().text()}{reused} in {summary['makespan_s']:.2f}s"
-            + (f" (efficiency {eff:.3f}, lower bound {summary['lower_bound_s']:.2f}s)" if eff else ""))
+            f" ({ratios.text()}{bound})")
         for item_id, error in invalid + recorder.failures:
             say(f"  {item_id}: {error}")
         if self.config.evaluate is not None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +18,29 @@ import yaml
 
 from .. import layout
 from ..errors import EditBatchError
-from ..producer.outputs import read_manifest
+from ..producer.outputs import iter_manifest, read_manifest
 
 
 @dataclass
 class RunFolder:
+    """A run folder's small files, read whole; its manifest streamed by `records()` (a 100,000-item
+    run's records are not held at once)."""
+
     path: Path
     summary: dict[str, Any]
     config: dict[str, Any]
-    manifest: list[dict[str, Any]]
     workers: list[dict[str, Any]]
     run: dict[str, Any] = field(default_factory=dict)
+    manifest_current: bool = True  # False: the manifest is an earlier run's, not this one's
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """The manifest's records in input order, one per item."""
+        if not self.manifest_current:
+            return iter(())
+        path = self.path / layout.MANIFEST
+        if self.summary:  # finished: rewritten with one line per item, in order
+            return iter_manifest(path)
+        return iter(read_manifest(path))  # being appended: a retried item has several lines, the last wins
 
     @property
     def name(self) -> str:
@@ -45,11 +59,11 @@ class RunFolder:
     def mode(self) -> str | None:
         return self.summary.get("mode") or self.run.get("mode") or (self.config.get("schedule") or {}).get("mode")
 
-    @property
+    @cached_property
     def devices(self) -> list[str]:
         found = self.summary.get("devices") or self.run.get("devices") or [w.get("queue") for w in self.workers]
         seen = list(found)
-        for r in self.manifest:  # a device that only shows up in the manifest still gets a lane
+        for r in self.records():  # a device that only shows up in the manifest still gets a lane
             if r.get("device") and r["device"] not in seen:
                 seen.append(r["device"])
         return seen
@@ -83,10 +97,9 @@ def read_run_folder(path: str | Path) -> RunFolder:
     run = _json(folder / layout.RUN, {})
     summary = _json(folder / layout.SUMMARY, {})
     manifest_file = folder / layout.MANIFEST
-    manifest = read_manifest(manifest_file)
     # A run started again in the same folder: until it writes its own, the files are the last run's.
     if run.get("run_id") and summary.get("run_id") not in (None, run["run_id"]):
         summary = {}
-    if run.get("started_at") and manifest_file.is_file() and manifest_file.stat().st_mtime < run["started_at"]:
-        manifest = []
-    return RunFolder(folder.resolve(), summary, config or {}, manifest, _json(folder / layout.WORKERS, []), run)
+    current = not (run.get("started_at") and manifest_file.is_file()
+                   and manifest_file.stat().st_mtime < run["started_at"])
+    return RunFolder(folder.resolve(), summary, config or {}, _json(folder / layout.WORKERS, []), run, current)

@@ -43,7 +43,12 @@ def thumbnail_path(run_dir: Path, source: Path) -> Path:
         key = source.relative_to(run_dir).as_posix()
     except ValueError:
         key = os.path.realpath(source)
-    return run_dir / THUMBS / (hashlib.sha1(key.encode("utf-8")).hexdigest()[:16] + ".jpg")
+    return run_dir / THUMBS / thumbnail_name(key)
+
+
+def thumbnail_name(key: str) -> str:
+    """The file name of the thumbnail of `key` (see `thumbnail_path`)."""
+    return hashlib.sha1(key.encode("utf-8")).hexdigest()[:16] + ".jpg"
 
 
 def is_fresh(source: Path, target: Path) -> bool:

@@ -2,13 +2,17 @@
 
 `build_timeline` turns a run folder into plain lanes and bars (seconds from
 the run's first event); the HTML page draws them as inline SVG and
-`write_timeline_png` as a PNG for papers and chat.
+`write_timeline_png` as a PNG for papers and chat. A lane with more items
+than MAX_ITEM_BARS draws one bar per slice of time instead (a 100,000-item
+SVG would not open, and its bars would be narrower than a pixel anyway).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from sys import intern  # one string per device, status and run, not one per item
+from typing import NamedTuple
 
 from ..humanize import duration
 from ..scheduling import MODES, policy_class
@@ -54,6 +58,33 @@ class Timeline:
     breaks: list[Break] = field(default_factory=list)  # where one run of the folder ends and the next begins
 
 
+MAX_ITEM_BARS = 200  # per lane; above it items are drawn per slice of span / MAX_ITEM_BARS (~4 px)
+
+
+class _Ran(NamedTuple):
+    """What the timeline needs of an item that ran: kept per item instead of the whole record."""
+
+    started_at: float
+    finished_at: float
+    device: str
+    ok: bool
+    batch: int | None
+    index: int | None
+    id: str
+    status: str
+    run: str | None
+    round: int
+    error: str | None
+
+
+def _ran(records) -> list[_Ran]:
+    return [_Ran(r["started_at"], r["finished_at"], intern(r["device"]), r.get("status") == "ok", r.get("batch"),
+                 r.get("index"), r["id"], intern(r.get("status") or "unknown"), r.get("run") and intern(r["run"]),
+                 r.get("round") or 0, None if r.get("status") == "ok" else r.get("error"))
+            for r in records if r.get("device") and r.get("started_at") is not None
+            and r.get("finished_at") is not None]
+
+
 BREAK_SHARE = 0.04  # the width a pause between two runs of a folder is drawn with, as a share of the work drawn
 
 
@@ -67,7 +98,7 @@ class _Segment:
     shift: float = 0.0  # added to its times to place it on the drawn axis
 
 
-def _segments(ran: list[dict], loads: list[dict], latest: str | None, since: float | None) -> list[_Segment]:
+def _segments(ran: list[_Ran], loads: list[dict], latest: str | None, since: float | None) -> list[_Segment]:
     """One segment per run of the folder, in time order; runs that overlap in time share one.
 
     The model loads (workers.json) and the dispatch start belong to the folder's latest run; a load from
@@ -75,7 +106,7 @@ def _segments(ran: list[dict], loads: list[dict], latest: str | None, since: flo
     """
     spans: dict[str | None, list[float]] = {}
     for r in ran:
-        spans.setdefault(r.get("run"), []).extend((r["started_at"], r["finished_at"]))
+        spans.setdefault(r.run, []).extend((r.started_at, r.finished_at))
     own = spans.get(latest) or []
     before = [t for run, times in spans.items() if run != latest and times and (not own or min(times) < min(own))
               for t in times]
@@ -95,8 +126,7 @@ def _segments(ran: list[dict], loads: list[dict], latest: str | None, since: flo
 
 def build_timeline(run: RunFolder) -> Timeline:
     lanes = {d: Lane(d) for d in run.devices}
-    ran = [r for r in run.manifest if r.get("device") and r.get("started_at") is not None
-           and r.get("finished_at") is not None]
+    ran = _ran(run.records())
     loads = [w for w in run.workers if w.get("load_started_at") and w.get("load_finished_at")]
     segments = _segments(ran, loads, run.run.get("run_id"), run.summary.get("started_at"))
     origin = segments[0].start if segments else 0.0
@@ -128,36 +158,65 @@ def build_timeline(run: RunFolder) -> Timeline:
                              f"{lane.device}: model load {w['load_finished_at'] - w['load_started_at']:.2f}s"))
     facts = policy_class(run.mode) if run.mode in MODES else None
     batched = bool(facts and facts.batched)
+    per_lane: dict[str, list[_Ran]] = {}
     for r in ran:
-        failed = r.get("status") != "ok"
-        batch = r.get("batch")
-        colour = FAILED_COLOUR if failed else (BATCH_COLOURS[batch % 2] if batched and batch is not None
-                                               else PLAIN_COLOUR)
-        label = (f"{r['id']} on {r['device']}: {r['status']} in {r['finished_at'] - r['started_at']:.2f}s"
-                 + (f", batch {batch + 1}" if batch is not None else "")
-                 + (f" ({r.get('error')})" if failed and r.get("error") else ""))
-        lanes.setdefault(r["device"], Lane(r["device"])).bars.append(
-            Bar(at(r["started_at"]), at(r["finished_at"]), "item", colour, label, r.get("index"), failed))
-
+        per_lane.setdefault(r.device, []).append(r)
+    idle_spans: dict[str, list[tuple[float, float, int]]] = {}  # device -> (finished, batch's last finish, batch)
     idle = 0.0
     if facts is not None and facts.synchronised:
         # A device that finished its batch item early waits for the batch's slowest one. Batches are numbered
         # per run and per round: the same number in a resume or a retry round is another batch.
-        by_batch: dict[tuple, list[dict]] = {}
+        by_batch: dict[tuple, list[_Ran]] = {}
         for r in ran:
-            if r.get("batch") is not None:
-                by_batch.setdefault((r.get("run"), r.get("round") or 0, r["batch"]), []).append(r)
+            if r.batch is not None:
+                by_batch.setdefault((r.run, r.round, r.batch), []).append(r)
         for (_, _, batch), members in by_batch.items():
-            last = max(r["finished_at"] for r in members)
+            last = max(r.finished_at for r in members)
             for r in members:
-                if last - r["finished_at"] > 0:
-                    idle += last - r["finished_at"]
-                    lanes[r["device"]].bars.append(Bar(
-                        at(r["finished_at"]), at(last), "idle", IDLE_COLOUR,
-                        f"{r['device']}: barrier idle {last - r['finished_at']:.2f}s, batch {batch + 1}"))
+                if last - r.finished_at > 0:
+                    idle += last - r.finished_at
+                    idle_spans.setdefault(r.device, []).append((r.finished_at, last, batch))
+    for device, items in per_lane.items():
+        lane = lanes.setdefault(device, Lane(device))
+        if len(items) <= MAX_ITEM_BARS:
+            lane.bars += [_item_bar(r, at, batched) for r in items]
+            lane.bars += [Bar(at(a), at(b), "idle", IDLE_COLOUR, f"{device}: barrier idle {b - a:.2f}s, batch {k + 1}")
+                          for a, b, k in idle_spans.get(device, [])]
+        else:
+            lane.bars += _sliced(device, items, idle_spans.get(device, []), at, span / MAX_ITEM_BARS)
     for lane in lanes.values():
         lane.bars.sort(key=lambda b: (b.start, b.kind != "idle"))
     return Timeline(list(lanes.values()), origin, span, idle, breaks)
+
+
+def _item_bar(r: _Ran, at, batched: bool) -> Bar:
+    colour = FAILED_COLOUR if not r.ok else (BATCH_COLOURS[r.batch % 2] if batched and r.batch is not None
+                                             else PLAIN_COLOUR)
+    label = (f"{r.id} on {r.device}: {r.status} in {r.finished_at - r.started_at:.2f}s"
+             + (f", batch {r.batch + 1}" if r.batch is not None else "")
+             + (f" ({r.error})" if not r.ok and r.error else ""))
+    return Bar(at(r.started_at), at(r.finished_at), "item", colour, label, r.index, not r.ok)
+
+
+def _sliced(device: str, items: list[_Ran], idle: list[tuple[float, float, int]], at, width: float) -> list[Bar]:
+    """One bar per slice of `width` drawn seconds holding items (and one for their barrier idle)."""
+    slices: dict[int, list] = {}  # slice -> [start, end, items, failed, first index]
+    for r in sorted(items, key=lambda r: r.started_at):
+        a, b = at(r.started_at), at(r.finished_at)
+        s = slices.setdefault(int(a / width) if width > 0 else 0, [a, b, 0, 0, r.index])
+        s[0], s[1], s[2], s[3] = min(s[0], a), max(s[1], b), s[2] + 1, s[3] + (not r.ok)
+    bars = [Bar(a, b, "item", FAILED_COLOUR if failed else PLAIN_COLOUR,
+                f"{device}: {n} item{'s' if n != 1 else ''}{f', {failed} failed' if failed else ''} "
+                f"from {a:.2f}s to {b:.2f}s",
+                first, bool(failed)) for a, b, n, failed, first in slices.values()]
+    waits: dict[int, list[float]] = {}  # slice -> [start, end, seconds idle]
+    for a0, b0, _ in idle:
+        a, b = at(a0), at(b0)
+        w = waits.setdefault(int(a / width) if width > 0 else 0, [a, b, 0.0])
+        w[0], w[1], w[2] = min(w[0], a), max(w[1], b), w[2] + (b0 - a0)
+    bars += [Bar(a, b, "idle", IDLE_COLOUR, f"{device}: barrier idle {total:.2f}s from {a:.2f}s to {b:.2f}s")
+             for a, b, total in waits.values()]
+    return bars
 
 
 def svg_geometry(timeline: Timeline, width: int = 1000, lane_height: int = 22, label_width: int = 80,

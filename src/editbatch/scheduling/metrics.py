@@ -15,7 +15,12 @@ from .policies import Policy
 from .replay import replay
 
 
-@dataclass(frozen=True)
+# Below this much work per task (0 s simulated edits, a model of a millisecond) a run's time is per-task
+# dispatch cost, not scheduling: efficiency would read 0.000 and overhead +30000%, numbers that mislead.
+MIN_TASK_WORK_S = 5e-3
+
+
+@dataclass(frozen=True, slots=True)  # slots: a 100,000-item summary holds one per item
 class Timing:
     ordinal: int  # position among the items that were run, in input order
     device: str  # queue of the device that ran it
@@ -144,3 +149,44 @@ def ideal_makespan(timings: list[Timing], devices: list[str], policy_factory: Ca
 def median_queue_wait(timings: Iterable[Timing]) -> float | None:
     waits = [t.started_at - t.submitted_at for t in timings if t.submitted_at is not None]
     return statistics.median(waits) if waits else None
+
+
+@dataclass(frozen=True)
+class Ratios:
+    """Efficiency (lower bound / makespan) and overhead (makespan / ideal - 1), or why they do not apply."""
+
+    efficiency: float | None
+    overhead: float | None
+    not_applicable: str | None = None  # the reason both are None
+
+    @classmethod
+    def of(cls, summary: dict) -> Ratios:
+        """As summary.json holds them."""
+        return cls(summary.get("efficiency"), summary.get("overhead"), summary.get("not_applicable"))
+
+    def shown(self, name: str, value_text: str | None) -> str:
+        """One figure as the report and status show it: its text, or `n/a (why)`."""
+        value = self.efficiency if name == "efficiency" else self.overhead
+        if value is not None and value_text is not None:
+            return value_text
+        return f"n/a ({self.not_applicable})" if self.not_applicable else "n/a"
+
+    def text(self) -> str:
+        """`efficiency 0.962, overhead +3.1%`, or `efficiency and overhead n/a (why)`: the run's log line."""
+        if self.not_applicable:
+            return f"efficiency and overhead n/a ({self.not_applicable})"
+        parts = [f"efficiency {self.efficiency:.3f}" if self.efficiency is not None else "efficiency n/a"]
+        if self.overhead is not None:
+            parts.append(f"overhead {self.overhead * 100:+.1f}%")
+        return ", ".join(parts)
+
+
+def ratios(timings: list[Timing], span: float, lower: float, ideal: float | None) -> Ratios:
+    """The one place that decides whether efficiency and overhead mean anything for a run."""
+    if not timings or span <= 0:
+        return Ratios(None, None, "no item ran on a device")
+    mean = sum(t.work for t in timings) / len(timings)
+    if mean < MIN_TASK_WORK_S:
+        return Ratios(None, None, f"{mean * 1e3:.2f} ms of work per task, under {MIN_TASK_WORK_S * 1e3:g} ms: "
+                                  f"the time is per-task dispatch cost, not the schedule's")
+    return Ratios(lower / span if lower > 0 else None, span / ideal - 1 if ideal else None)
