@@ -44,7 +44,7 @@ def test_a_resume_after_a_pause_is_its_own_segment_and_the_pause_is_no_barrier_i
         time.sleep(0.05)
     assert run_cli("cancel", str(out), "--broker", url).returncode == 0
     first.wait(60)
-    pause = 4.0
+    pause = 8.0  # well above any barrier wait a loaded machine makes, so only the pause itself can exceed it
     time.sleep(pause)
     resumed = run_cli("resume", str(out), "--broker", url, timeout=120)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -76,12 +76,17 @@ def test_a_retry_of_one_item_reports_sane_figures_and_keeps_the_first_runs_timin
     first = run_cli("run", str(config), timeout=120)
     assert first.returncode == 1, first.stdout + first.stderr
     _, before = read_run(tmp_path / "out")
+    time.sleep(3.0)  # the night between: a makespan measured from the first run's start would include it
+    began = time.monotonic()
     retry = run_cli("retry", str(tmp_path / "out"), "--broker", url, timeout=120)
+    lasted = time.monotonic() - began
     assert retry.returncode == 0, retry.stdout + retry.stderr
     manifest, summary = read_run(tmp_path / "out")
     assert all(r["status"] == "ok" for r in manifest)
     assert summary["covers"] == {**summary["covers"], "kind": "retry", "items_run": 1, "items": 9}
-    assert summary["overhead"] is None or abs(summary["overhead"]) < 5, summary["overhead"]
+    # The retry's figures are the retry's own: its makespan fits in the command's lifetime, however loaded
+    # the machine (a fixed bound on the overhead of one 0.05 s item is a bound on the machine's load).
+    assert summary["makespan_s"] <= lasted, (summary["makespan_s"], lasted)
     assert summary["efficiency"] is None or 0 < summary["efficiency"] <= 1.0001
     assert summary["runs"][0]["makespan_s"] == before["makespan_s"]  # the first run's timings are kept
     header = (tmp_path / "out" / "report.html").read_text()

@@ -22,12 +22,14 @@ def test_status_of_a_running_then_finished_run(sim_cluster, sample_image, tmp_pa
     dataset = write_dataset(tmp_path, simple_rows(18, sample_image))
     out = tmp_path / "out"
     config = write_config(tmp_path / "run.yaml", name="slow", dataset={"path": str(dataset)}, output_dir=str(out),
-                          model={"type": "simulated", "path": "sim", "params": {"seconds": 0.4}},
+                          model={"type": "simulated", "path": "sim", "params": {"seconds": 1.0}},
                           cluster={"broker": sim_cluster["url"], "devices": SIM_DEVICES},
                           schedule={"mode": "nosync", "task_timeout_s": 30})
     run = subprocess.Popen([sys.executable, "-m", "editbatch", "run", str(config)], cwd=REPO, text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
+        # Asked after 3 of 18 items of 1 s: about 5 s of run left, more than two `status` commands take to
+        # start on a loaded machine, so the run is still running when they look.
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not (out / "manifest.jsonl").is_file() or \
                 len(read_jsonl(out / "manifest.jsonl")) < 3:
