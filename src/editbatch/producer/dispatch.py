@@ -76,6 +76,8 @@ class Dispatcher:
     def _finish(self, ordinal: int, result: dict[str, Any]) -> list[Assignment]:
         self.outstanding.pop(ordinal, None)
         self.suspects.pop(ordinal, None)
+        if self.take_back is not None:
+            self.take_back.finished(result)
         self.on_result(ordinal, result)
         return self.policy.done(ordinal)
 

@@ -14,11 +14,17 @@ with a new ticket; the holder skips the old one without computing it.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from redis import Redis
 
 from .. import keys
 from ..tasks.take_back import MARK, TAKEN
+
+# A move costs a round trip to Redis, a publish and the idle device's fetch: not worth it when the holder's current
+# edit is about to end, i.e. has run (1 +- DUE) times the mean edit. Before that it has a good part left; after
+# it, it is an edit longer than the rest, and the task held behind it is the stranded tail this module is for.
+DUE = 0.25
 
 
 class TakeBack:
@@ -32,6 +38,7 @@ class TakeBack:
         self.begun: set[int] = set()  # its holder marked it started first: it stays there
         self.running_since: dict[str, float] = {}  # device -> when its current edit started
         self.moves: list[tuple[int, str, str]] = []  # (ordinal, from device, to device), for the log
+        self.edits, self.edit_s = 0, 0.0  # edits finished and their total time: the mean edit time
 
     def ticket(self, ordinal: int) -> str:
         """Names the copy of this item now sent: round, ordinal, copy."""
@@ -40,14 +47,26 @@ class TakeBack:
     def started(self, device: str) -> None:
         self.running_since[device] = time.monotonic()
 
+    def finished(self, result: dict[str, Any]) -> None:
+        if result.get("started_at") is not None and result.get("finished_at") is not None:
+            self.edits += 1
+            self.edit_s += max(0.0, result["finished_at"] - result["started_at"])
+
     def stale(self, ordinal: int, device: str) -> bool:
         """An event from a device this item was taken from: about the old copy, which never runs."""
         return device in self.moved_from.get(ordinal, ())
 
     def choose(self, idle: list[str], waiting: dict[int, str], running: set[str]) -> list[tuple[int, str]]:
-        """(item, idle device) pairs: held items whose holders run something, those whose current edit
-        began last first (they would start last)."""
-        movable = [o for o, holder in waiting.items() if holder in running and o not in self.begun]
+        """(item, idle device) pairs: held items whose holders run an edit not about to end, those whose
+        current edit began last first (they would start last)."""
+        if not self.edits:
+            return []  # no edit time known yet: nothing tells a stranded task from one about to start
+        mean, now = self.edit_s / self.edits, time.monotonic()
+
+        def due(holder: str) -> bool:
+            return abs(now - self.running_since.get(holder, now) - mean) <= DUE * mean
+
+        movable = [o for o, holder in waiting.items() if holder in running and o not in self.begun and not due(holder)]
         movable.sort(key=lambda o: -self.running_since.get(waiting[o], 0.0))
         pairs, free = [], list(idle)
         for o in movable:

@@ -1,8 +1,8 @@
 """The `editbatch.edit` Celery task: a short chain of named steps around one item.
 
-Skip a task of a run that is over; send on a task for another model; hand
-back a task taken while retiring; skip a copy the producer took back for an
-idle device (take_back.py); then the item's own steps (see steps.py:
+Skip a task of a run that is over, and a copy the producer took back for an
+idle device (take_back.py); send on a task for another model; hand back a
+task taken while retiring; then the item's own steps (see steps.py:
 wait for the previous batch, claim, compute, commit, thumbnail, arrive);
 then tell the guard, log, and report to the producer's inbox.
 """
@@ -34,13 +34,13 @@ def edit(self, payload: dict) -> dict:
     if rt.run_ended(task.run):
         log.info("%s: %s skipped: run %s has ended", rt.device.queue, task.id, task.run)
         return {"id": task.id, "index": task.index, "status": "skipped", "run": task.run}
+    if take_back.taken_back(task, rt):
+        log.info("%s: %s skipped: taken back for an idle device", rt.device.queue, task.id)
+        return {"id": task.id, "index": task.index, "status": "skipped", "taken_back": True, "run": task.run}
     _redirect_if_other_model(self, task, rt)
     if rt.guard is not None and rt.guard.retiring:
         # Taken in the moment before this worker stopped consuming: back to the queue, untouched.
         raise self.retry(queue=(self.request.delivery_info or {}).get("routing_key"), countdown=0, max_retries=None)
-    if take_back.taken_back(task, rt):
-        log.info("%s: %s skipped: taken back for an idle device", rt.device.queue, task.id)
-        return {"id": task.id, "index": task.index, "status": "skipped", "taken_back": True, "run": task.run}
     result = steps.process(task, rt)
     if rt.guard is not None and rt.guard.task_finished(result["error"]):
         _stop_consuming(self)
