@@ -9,7 +9,9 @@ speed factor). Every row's figures come from the same formulas
 (`editbatch.scheduling.metrics`): efficiency = lower bound / makespan; ideal
 = the runner's own release rule replayed with the recorded times and no
 orchestration cost (for the ActorPool: each actor takes the next item when
-free); tail = makespan - ideal.
+free); tail = makespan - ideal; end idle = mean over devices of the time
+from the device's last finish to the run's (in brackets: the same for a zero-overhead
+shared queue, each device taking the next item when free).
 
     pip install -e ".[peers]"      # Ray, optional: without it only editbatch runs
     python bench/peers.py
@@ -39,6 +41,47 @@ from editbatch.scheduling.policies import BalancedPolicy  # noqa: E402
 from editbatch.scheduling.metrics import Timing  # noqa: E402
 
 
+def end_idle(timings: list[Timing]) -> float:
+    """Mean over devices of (the run's last finish - the device's last finish): the stranded tail."""
+    last: dict[str, float] = {}
+    for t in timings:
+        last[t.device] = max(last.get(t.device, 0.0), t.finished_at)
+    return sum(max(last.values()) - v for v in last.values()) / len(last)
+
+
+def ideal_end_idle(timings: list[Timing], devices: list[str], policy_factory) -> float:
+    """The same for the zero-overhead replay (the recorded times, the runner's release rule)."""
+    durations = {t.ordinal: t for t in timings}
+    rates = metrics.device_rates(timings, devices)
+    finished: dict[str, float] = {}
+
+    def duration(ordinal: int, device: str) -> float:
+        t = durations[ordinal]
+        return t.duration if device == t.device else t.work / rates[device]
+
+    import heapq
+
+    policy, queue, free = policy_factory(), [], [(0.0, d) for d in devices]
+    queue += [a.ordinal for a in policy.start()]
+    heapq.heapify(free)
+    while queue:
+        now, device = heapq.heappop(free)
+        ordinal = queue.pop(0)
+        end = now + duration(ordinal, device)
+        finished[device] = end
+        heapq.heappush(free, (end, device))
+        queue += [a.ordinal for a in policy.done(ordinal)]
+    return sum(max(finished.values()) - v for v in finished.values()) / len(devices)
+
+
+def editbatch_end_idle(output_dir: Path, summary: dict) -> tuple[float, float]:
+    lines = (output_dir / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
+    timings = [Timing(r["index"], r["device"], r["started_at"], r["finished_at"], work_s=r.get("work_s"))
+               for r in map(json.loads, lines) if r.get("started_at") is not None]
+    n, devices = len(timings), summary["devices"]
+    return end_idle(timings), ideal_end_idle(timings, devices, lambda: BalancedPolicy(n, "shared", len(devices)))
+
+
 def run_editbatch(args, speeds, root: Path) -> tuple[list[dict], dict[int, float]]:
     """Every mode through editbatch; the summaries, and each item's base time (seconds) by index."""
     modes = args.modes.split(",")
@@ -50,7 +93,7 @@ def run_editbatch(args, speeds, root: Path) -> tuple[list[dict], dict[int, float
         for mode in modes:
             config = schedule.make_config(root, args, speeds, broker, mode, mode)
             outcome = execute(config, source="bench", stream=quiet)
-            summaries.append(outcome.summary)
+            summaries.append({**outcome.summary, "end_idle": editbatch_end_idle(outcome.output_dir, outcome.summary)})
             print(f"  editbatch {mode}: {outcome.summary['makespan_s']:.2f}s", file=sys.stderr, flush=True)
             if not work:  # the items' base times: the same for every mode (drawn from each item's seed)
                 lines = (outcome.output_dir / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
@@ -95,18 +138,21 @@ def run_ray(work: dict[int, float], speeds: list[float]) -> dict | str:
     span = metrics.makespan(timings, since=began)
     lower = metrics.lower_bound(timings, devices)
     ideal = metrics.ideal_makespan(timings, devices, lambda: BalancedPolicy(len(items), "shared", len(devices)))
+    pool_rule = lambda: BalancedPolicy(len(items), "shared", len(devices))  # noqa: E731
     return {"mode": "ray ActorPool", "makespan_s": span, "lower_bound_s": lower, "efficiency": lower / span,
-            "ideal_s": ideal, "overhead": span / ideal - 1}
+            "ideal_s": ideal, "overhead": span / ideal - 1,
+            "end_idle": (end_idle(timings), ideal_end_idle(timings, devices, pool_rule))}
 
 
-HEADER = ("| runner             | makespan | lower bd | effic | ideal  | overhead | tail s |\n"
-          "|--------------------|---------:|---------:|------:|-------:|---------:|-------:|")
+HEADER = ("| runner             | makespan | lower bd | effic | ideal  | overhead | tail s | end idle s     |\n"
+          "|--------------------|---------:|---------:|------:|-------:|---------:|-------:|---------------:|")
 
 
 def row(s: dict) -> str:
     name = s["mode"] if s["mode"].startswith("ray") else f"editbatch {s['mode']}"
     return (f"| {name:<18} | {s['makespan_s']:8.2f} | {s['lower_bound_s']:8.2f} | {s['efficiency']:5.3f} | "
-            f"{s['ideal_s']:6.2f} | {100 * s['overhead']:+7.2f}% | {s['makespan_s'] - s['ideal_s']:+6.3f} |")
+            f"{s['ideal_s']:6.2f} | {100 * s['overhead']:+7.2f}% | {s['makespan_s'] - s['ideal_s']:+6.3f} | "
+            f"{s['end_idle'][0]:.3f} ({s['end_idle'][1]:.3f}) |")
 
 
 def main(argv=None) -> int:
