@@ -52,6 +52,20 @@ def test_the_first_mark_wins(redis_url):
     assert producer.stale(5, "cpu1") and not producer.stale(5, "cpu0")
 
 
+def test_only_tasks_held_behind_an_edit_not_about_to_end_move():
+    """The producer's choice, alone: a holder whose edit has run about the mean edit time keeps its task."""
+    picker = TakeBack(None, "editbatch", "run-1", 0)
+    assert picker.choose(["cpu0"], {7: "cpu1"}, {"cpu1"}) == []  # no edit time known yet
+    picker.finished({"started_at": 0.0, "finished_at": 10.0})
+    now = time.monotonic()
+    picker.running_since = {"cpu1": now - 10.0, "cpu2": now - 1.0, "cpu3": now - 30.0}
+    waiting = {7: "cpu1", 8: "cpu2", 9: "cpu3", 10: "cpu4"}  # cpu4 runs nothing: it is about to start task 10
+    # cpu2 began 1 s into a 10 s edit (most left: first), cpu3 runs far past the mean; cpu1 is about to finish.
+    assert picker.choose(["cpu0", "cpu5"], waiting, {"cpu1", "cpu2", "cpu3"}) == [(8, "cpu0"), (9, "cpu5")]
+    picker.moved_from[8] = {"cpu0"}  # never back to a device it was taken from
+    assert picker.choose(["cpu0"], waiting, {"cpu1", "cpu2", "cpu3"}) == [(9, "cpu0")]
+
+
 def test_a_held_task_behind_a_long_edit_moves_to_an_idle_device(sim_run, sim_cluster, sample_image, tmp_path):
     calls = tmp_path / "calls.jsonl"
     proc, manifest, summary = sim_run(rows=rows("tb", 12, sample_image, long={0: 4.0}), mode="balanced",

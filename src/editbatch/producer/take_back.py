@@ -72,7 +72,7 @@ class TakeBack:
         for o in movable:
             to = next((d for d in free if d not in self.moved_from.get(o, ())), None)
             if to is None:
-                break
+                continue  # no idle device it was not taken from: another item may use them
             free.remove(to)
             pairs.append((o, to))
         return pairs
