@@ -123,7 +123,7 @@ class Dispatcher:
                 if not self.take_back.take(ordinal, waiting[ordinal], to):
                     continue
             except redisconn.TRANSIENT:
-                return  # Redis away: the holder runs it
+                return  # Redis away for a while: the holder runs it (or, had our mark landed, the timeout guard)
             moved = Assignment(ordinal, to, self.outstanding[ordinal].batch)
             self.outstanding[ordinal] = moved
             self.held_by.pop(ordinal, None)

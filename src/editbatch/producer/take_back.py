@@ -18,13 +18,14 @@ from typing import Any
 
 from redis import Redis
 
-from .. import keys
+from .. import keys, redisconn
 from ..tasks.take_back import MARK, TAKEN
 
 # A move costs a round trip to Redis, a publish and the idle device's fetch: not worth it when the holder's current
 # edit is about to end, i.e. has run (1 +- DUE) times the mean edit. Before that it has a good part left; after
 # it, it is an edit longer than the rest, and the task held behind it is the stranded tail this module is for.
 DUE = 0.25
+MARK_RETRY_S = 10.0  # a reply lost to a Redis blip: asking again is safe (our own `taken` reads as done)
 
 
 class TakeBack:
@@ -80,7 +81,8 @@ class TakeBack:
     def take(self, ordinal: int, holder: str, to: str) -> bool:
         """Take the held copy back (True), unless its holder started it first."""
         key = keys.take_back(self.namespace, self.run_id, self.ticket(ordinal))
-        if self.redis.eval(MARK, 1, key, TAKEN, keys.TAKE_BACK_TTL_S) is not None:
+        found = redisconn.retrying(lambda: self.redis.eval(MARK, 1, key, TAKEN, keys.TAKE_BACK_TTL_S), MARK_RETRY_S)
+        if found not in (None, TAKEN.encode()):  # the holder's `started`
             self.begun.add(ordinal)
             return False
         self.copies[ordinal] = self.copies.get(ordinal, 0) + 1
