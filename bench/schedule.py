@@ -49,7 +49,9 @@ def parse_args(argv=None):
     p.add_argument("--seconds", type=float, default=0.2)
     p.add_argument("--modes", default="sync,nosync,balanced,window")
     p.add_argument("--max-skew", type=int, default=1)
-    p.add_argument("--prefetch", type=int, default=1, help="tasks each worker holds (cluster.prefetch)")
+    p.add_argument("--prefetch", type=int, default=2, help="tasks each worker holds (cluster.prefetch)")
+    p.add_argument("--no-take-back", dest="take_back", action="store_false",
+                   help="leave a prefetched task with its holder at the end of a run (schedule.take_back: false)")
     p.add_argument("--barrier", default="worker", choices=["worker", "producer"], help="sync mode's barrier")
     p.add_argument("--repeat", type=int, default=1, help="runs per mode (the table shows the median makespan run)")
     p.add_argument("--json", type=Path, help="also write the summaries here")
@@ -83,7 +85,7 @@ def make_config(root: Path, args, speeds, broker: str, mode: str, tag: str):
                   "params": {"seconds": args.seconds, "jitter": args.jitter, "device_speed": speeds}},
         "cluster": {"broker": broker, "devices": ["cpu"] * args.devices, "prefetch": args.prefetch,
                     "output_roots": [str(root)], "input_roots": [str(root)]},  # one worker set, many run folders
-        "schedule": {"mode": mode, "max_skew": args.max_skew, "barrier": args.barrier},
+        "schedule": {"mode": mode, "max_skew": args.max_skew, "barrier": args.barrier, "take_back": args.take_back},
     }
     return validate_config(data, "bench")
 
@@ -115,7 +117,8 @@ def main(argv=None) -> int:
         cluster = stack.enter_context(LocalCluster(root / "workers.yaml", cfg.devices, root / "logs"))
         broker = cluster.start()
         print(f"scenario: {args.items} items, {args.devices} devices, speed factors {speeds}, "
-              f"jitter +-{args.jitter:.0%}, {args.seconds} s per item; prefetch {args.prefetch}, "
+              f"jitter +-{args.jitter:.0%}, {args.seconds} s per item; prefetch {args.prefetch}"
+              f"{'' if args.take_back else ' (no take-back)'}, "
               f"sync barrier on the {args.barrier}; {os.cpu_count()} CPU cores", flush=True)
         summaries = []
         with open(os.devnull, "w") as quiet:

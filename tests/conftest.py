@@ -90,7 +90,7 @@ def sim_cluster(tmp_path_factory, sample_image):
     dataset = write_dataset(root, simple_rows(1, sample_image))
     config = write_config(root / "workers.yaml", name="workers", dataset={"path": str(dataset)},
                           output_dir=str(root / "unused"), model={"type": "simulated", "path": "sim"},
-                          cluster={"broker": "auto", "devices": SIM_DEVICES,
+                          cluster={"broker": "auto", "devices": SIM_DEVICES, "prefetch": 2,
                                    # Every test's folders (pytest's tmp_path) and nothing else.
                                    "output_roots": [str(tmp_path_factory.getbasetemp())],
                                    "input_roots": [str(tmp_path_factory.getbasetemp())]})

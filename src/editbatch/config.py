@@ -77,7 +77,8 @@ class ClusterConfig(_Strict):
     cpu_threads: int = Field(default=1, ge=1, description="torch threads of each CPU worker (fixed, for "
                                                          "outputs that do not depend on the worker count)")
     task_events: bool = Field(default=True, description="send Celery task events (Flower shows tasks live)")
-    prefetch: int = Field(default=1, ge=1, le=8, description="tasks a worker holds: 1 running + (prefetch-1) waiting")
+    prefetch: int = Field(default=2, ge=1, le=8, description="tasks a worker holds: 1 running + (prefetch-1) waiting "
+                                                            "(2: the next task is at hand, no fetch between edits)")
     ready_timeout_s: float = Field(default=1800.0, gt=0, description="how long the producer waits for every worker")
     restarts: int = Field(default=2, ge=0, description="broker: auto: times a worker that died (or hung) is "
                                                        "started again")
@@ -128,6 +129,8 @@ class ScheduleConfig(_Strict):
                                                              "on another device where the mode allows it")
     max_skew: int = Field(default=1, ge=0, description="window mode: batches the newest item may run ahead")
     max_in_flight: int = Field(default=4096, ge=1, description="tasks held in Redis at once (nosync/balanced)")
+    take_back: bool = Field(default=True, description="balanced/window with prefetch 2+: a task held, not started, by "
+                                                      "a busy device moves to a device that went idle")
     barrier: Literal["worker", "producer"] = Field(
         default="worker", description="sync mode: hold the batch barrier on the workers (next batch pre-queued) "
                                       "or in the producer (next group sent after the last result)")

@@ -47,6 +47,15 @@ def barrier_prefix(namespace: str, run_id: str) -> str:
     return run_prefix(namespace, run_id) + "barrier"
 
 
+TAKE_BACK_TTL_S = DAY_S  # a copy's start-or-take-back mark; the run's end ends its tasks after that anyway
+
+
+def take_back(namespace: str, run_id: str, ticket: str) -> str:
+    """One copy of a task: `started` (its holder began it) or `taken` (the producer moved it to an idle
+    device), whichever was set first. See tasks/take_back.py and producer/take_back.py."""
+    return run_prefix(namespace, run_id) + f"take-back:{ticket}"
+
+
 def run_state(namespace: str, run_id: str) -> str:
     """`running`, `ended` or `cancelled`; kept after the run so that late tasks of it are skipped."""
     return f"{namespace}:run-state:{run_id}"

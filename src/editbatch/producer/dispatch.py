@@ -9,7 +9,9 @@ message or result lost in a Redis restart), is settled at once: reused from
 its worker record when it finished, otherwise handed back as lost, to be
 sent again in the run's next round. The task timeout stays as the last
 guard: when no result arrives for `task_timeout_s`, the items that should
-have finished are failed as lost.
+have finished are failed as lost. In shared-queue modes with prefetch, a
+task held (not started) by a busy device moves to a device that went idle
+(see take_back.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ..errors import RunCancelled
 from ..scheduling import Assignment, Policy
 from .inbox import ResultInbox
 from .submit import Submitter
+from .take_back import TakeBack
 from .watch import RunWatch
 
 OnResult = Callable[[int, dict[str, Any]], None]
@@ -34,7 +37,8 @@ class Dispatcher:
                  task_timeout_s: float, on_result: OnResult, device_queues: list[str],
                  watch: RunWatch | None = None, should_stop: Callable[[], bool] | None = None,
                  on_device_lost: Callable[[str, int], None] | None = None,
-                 on_check: Callable[[], None] | None = None, poll_s: float = 1.0):
+                 on_check: Callable[[], None] | None = None, take_back: TakeBack | None = None,
+                 poll_s: float = 1.0):
         self.policy = policy
         self.submitter = submitter
         self.inbox = inbox
@@ -47,6 +51,7 @@ class Dispatcher:
         self.should_stop = should_stop
         self.on_device_lost = on_device_lost
         self.on_check = on_check
+        self.take_back = take_back
         self.poll_s = poll_s
         self.outstanding: dict[int, Assignment] = {}
         self.dead: dict[str, str] = {}  # device queue -> why its items fail
@@ -71,6 +76,8 @@ class Dispatcher:
     def _finish(self, ordinal: int, result: dict[str, Any]) -> list[Assignment]:
         self.outstanding.pop(ordinal, None)
         self.suspects.pop(ordinal, None)
+        if self.take_back is not None:
+            self.take_back.finished(result)
         self.on_result(ordinal, result)
         return self.policy.done(ordinal)
 
@@ -91,10 +98,37 @@ class Dispatcher:
 
     def _note(self, event: dict[str, Any]) -> None:
         ordinal = self.ordinal_of.get(event.get("index"))
+        device = str(event.get("device"))
         if ordinal in self.outstanding:
-            self.held_by[ordinal] = (str(event.get("device")), event.get("pid"))
+            if self.take_back is not None and self.take_back.stale(ordinal, device):
+                return
+            self.held_by[ordinal] = (device, event.get("pid"))
             if event.get("event") == "started":
                 self.started.add(ordinal)
+                if self.take_back is not None:
+                    self.take_back.started(device)
+
+    def _move_held(self) -> None:
+        """Send tasks held but not started by busy devices to idle ones (taken back from their holders)."""
+        holder = {o: self.held_by.get(o, (None, None))[0] for o in self.outstanding}
+        if not holder or None in holder.values():
+            return  # a message still waits in a queue: an idle device takes that first
+        idle = sorted(self.device_queues - set(holder.values()) - set(self.dead))
+        if not idle:
+            return
+        waiting = {o: d for o, d in holder.items() if o not in self.started and d not in self.dead}
+        running = {holder[o] for o in self.started if o in holder}
+        for ordinal, to in self.take_back.choose(idle, waiting, running):
+            try:
+                if not self.take_back.take(ordinal, waiting[ordinal], to):
+                    continue
+            except redisconn.TRANSIENT:
+                return  # Redis away for a while: the holder runs it (or, had our mark landed, the timeout guard)
+            moved = Assignment(ordinal, to, self.outstanding[ordinal].batch)
+            self.outstanding[ordinal] = moved
+            self.held_by.pop(ordinal, None)
+            self.suspects.pop(ordinal, None)
+            self.submitter.send([moved])
 
     # ------------------------------------------------------------ where is everything
 
@@ -210,6 +244,8 @@ class Dispatcher:
                 last_check = time.monotonic()
                 released += self._check()
             pending = self._release(released)
+            if messages and self.take_back is not None:
+                self._move_held()
 
 
 def lost_result(batch: int | None, error: str, *, started: bool = True) -> dict[str, Any]:

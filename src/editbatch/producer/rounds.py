@@ -30,6 +30,7 @@ from .inbox import ResultInbox
 from .progress import Progress
 from .recorder import Recorder
 from .submit import Submitter
+from .take_back import TakeBack
 from .watch import RunWatch
 
 # Errors of a write that failed for lack of room or rights: when every device reports one in a row,
@@ -83,12 +84,16 @@ class Round:
                                   depth=queue_depth(len(devices), prefetch=ctx.config.cluster.prefetch,
                                                     max_in_flight=sched.max_in_flight))
         self.submitter = Submitter(ctx.app, self.payload_for)
+        # Prefetched tasks stranded behind a busy device move to an idle one (shared-queue modes).
+        self.take_back = (TakeBack(ctx.redis, ctx.config.cluster.namespace, ctx.run_id, number)
+                          if self.facts.takes_back and sched.take_back and ctx.config.cluster.prefetch > 1 else None)
         self.to_retry: list[Item] = []
         self.unwritable_in_a_row = 0
         self.dispatcher = Dispatcher(
             self.policy, self.submitter, ctx.inbox, index_of=[i.index for i in items],
             task_timeout_s=sched.task_timeout_s, on_result=self.on_result, device_queues=devices, watch=ctx.watch,
-            should_stop=ctx.should_stop, on_device_lost=ctx.on_device, on_check=self.repair_barrier)
+            should_stop=ctx.should_stop, on_device_lost=ctx.on_device, on_check=self.repair_barrier,
+            take_back=self.take_back)
 
     def run(self) -> list[Item]:
         """Dispatch every item of the round; return those to try again."""
@@ -122,7 +127,8 @@ class Round:
                         model=ctx.model_id, run=ctx.run_id, report=ctx.inbox.key, submitted_at=now,
                         timeout_s=sched.task_timeout_s, folder=ctx.folder_id,
                         target=str(item.target.resolve()) if item.target else None, texts=captions(item),
-                        evaluate=evaluate_spec(ctx.config, ctx.out_dir)).to_payload()
+                        evaluate=evaluate_spec(ctx.config, ctx.out_dir),
+                        ticket=self.take_back.ticket(a.ordinal) if self.take_back else None).to_payload()
 
     def on_result(self, ordinal: int, result: dict[str, Any]) -> None:
         item, ctx = self.items[ordinal], self.ctx

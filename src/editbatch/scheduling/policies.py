@@ -34,6 +34,9 @@ class Policy:
     synchronised = False  # a barrier between batches: its idle time is this mode's cost
     per_device_queues = False  # items go to fixed devices (the assignment table lists them)
     skew_bounded = False  # `schedule.max_skew` applies
+    # A task prefetched by a busy device may move to an idle one (`schedule.take_back`): any device may run
+    # any item, so the end of the run is not stranded behind held tasks.
+    takes_back = False
 
     def __init__(self, n: int):
         self.n = n
@@ -196,6 +199,7 @@ class BalancedPolicy(Policy):
 
     mode = "balanced"
     label = "[BALANCED]"
+    takes_back = True
 
     @classmethod
     def build(cls, n, queues, shared_queue, *, depth, max_skew, lookahead):
@@ -237,6 +241,7 @@ class WindowPolicy(Policy):
     label = "[WINDOW]"
     batched = True
     skew_bounded = True
+    takes_back = True
 
     @classmethod
     def build(cls, n, queues, shared_queue, *, depth, max_skew, lookahead):

@@ -14,7 +14,8 @@ Payload (version 1)::
      "wait_for": null, "arrive_at": null, "wait_timeout_s": null,   # sync-mode batch barrier
      "timeout_s": null,                                     # longest the edit may run
      "folder": null,                                        # the output folder's incarnation (run.json)
-     "target": null, "texts": null, "evaluate": null}       # scores computed right after the edit
+     "target": null, "texts": null, "evaluate": null,       # scores computed right after the edit
+     "ticket": null}                                        # this copy, when the producer may take it back
 
 Result::
 
@@ -32,11 +33,13 @@ the task itself only raises for a payload that breaks this contract.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 TASK_NAME = "editbatch.edit"
 VERSION = 1
+TICKET = re.compile(r"^[0-9.]{1,40}$")
 
 
 class PayloadError(ValueError):
@@ -65,6 +68,7 @@ class EditTask:
     target: str | None = None  # the ground-truth image, for metrics against it
     texts: dict[str, str] | None = None  # input_caption / output_caption, for CLIP-T and CLIP direction
     evaluate: dict[str, Any] | None = None  # {"metrics": [...], "clip", "dino", "cache_dir"}: see tasks/scoring.py
+    ticket: str | None = None  # names this copy of the task: see tasks/take_back.py
 
     def to_payload(self) -> dict[str, Any]:
         return {"v": VERSION, **asdict(self)}
@@ -78,6 +82,8 @@ class EditTask:
             raise PayloadError("'seed' must be an integer")
         if not isinstance(task.params, dict):
             raise PayloadError("'params' must be an object")
+        if task.ticket is not None and not (isinstance(task.ticket, str) and TICKET.match(task.ticket)):
+            raise PayloadError(f"'ticket' must be digits and dots, got {task.ticket!r}")
         return task
 
 

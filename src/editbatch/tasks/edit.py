@@ -1,7 +1,8 @@
 """The `editbatch.edit` Celery task: a short chain of named steps around one item.
 
-Skip a task of a run that is over; send on a task for another model; hand
-back a task taken while retiring; then the item's own steps (see steps.py:
+Skip a task of a run that is over, and a copy the producer took back for an
+idle device (take_back.py); send on a task for another model; hand back a
+task taken while retiring; then the item's own steps (see steps.py:
 wait for the previous batch, claim, compute, commit, thumbnail, arrive);
 then tell the guard, log, and report to the producer's inbox.
 """
@@ -14,7 +15,7 @@ from celery.utils.log import get_task_logger
 from .. import clock
 from ..models import identity
 from ..workers import runtime
-from . import steps
+from . import steps, take_back
 from .contract import TASK_NAME, EditTask
 from .failures import ItemFailed, fail_task_if_failed
 
@@ -33,6 +34,9 @@ def edit(self, payload: dict) -> dict:
     if rt.run_ended(task.run):
         log.info("%s: %s skipped: run %s has ended", rt.device.queue, task.id, task.run)
         return {"id": task.id, "index": task.index, "status": "skipped", "run": task.run}
+    if take_back.taken_back(task, rt):
+        log.info("%s: %s skipped: taken back for an idle device", rt.device.queue, task.id)
+        return {"id": task.id, "index": task.index, "status": "skipped", "taken_back": True, "run": task.run}
     _redirect_if_other_model(self, task, rt)
     if rt.guard is not None and rt.guard.retiring:
         # Taken in the moment before this worker stopped consuming: back to the queue, untouched.
