@@ -48,11 +48,15 @@ class Lease:
             except redisconn.TRANSIENT:
                 pass  # retried on the next beat, well inside the lease
 
-    def release(self) -> None:
+    def stop_renewing(self) -> None:
+        """Let the lease run out unless released (a worker's hand-back script releases claims: handback.py)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+    def release(self) -> None:
+        self.stop_renewing()
         try:
             self.redis.eval(_RELEASE, 1, self.key, self.owner)
         except redisconn.TRANSIENT:

@@ -12,6 +12,7 @@ from .. import keys
 from ..barrier import BatchBarrier
 from ..workers import runtime
 from .contract import EditTask
+from .handback import HandBack
 
 DEFAULT_WAIT_S = 3600.0
 
@@ -36,8 +37,12 @@ def wait_for_previous_batch(task: EditTask, rt: "runtime.WorkerRuntime") -> None
         raise TimeoutError(f"batch {barrier.batch} did not finish within {timeout:g}s; not started")
 
 
-def arrive(task: EditTask, rt: "runtime.WorkerRuntime") -> None:
-    """Count this item in at its batch's barrier (ok or not); once per item however often it is called."""
+def arrive(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack | None = None) -> None:
+    """Count this item in at its batch's barrier (ok or not); once per item however often it is called.
+    With `hand_back`, the arrival goes with the item's hand-back script instead of on its own."""
     if task.arrive_at:
         barrier = barrier_of(task.arrive_at, rt.cluster.namespace)
-        runtime.keep_retrying(lambda: barrier.arrive(rt.redis, task.index))
+        if hand_back is not None:
+            hand_back.arrive(barrier, task.index)
+        else:
+            runtime.keep_retrying(lambda: barrier.arrive(rt.redis, task.index))
