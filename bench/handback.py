@@ -5,8 +5,8 @@
 
 Runs bench/schedule.py's scenario on one private cluster and, per run,
 reads `INFO commandstats` before and after (every command Redis executed,
-including those inside scripts), counts the commands clients sent with
-MONITOR (the producer's, the workers', Celery's; a script is one), and reads
+including those inside scripts), with --monitor counts the commands
+clients sent (the producer's, the workers', Celery's; a script is one), and reads
 the run's timeline (bench/timeline.py).
 Prints, per mode, the median over runs of: hand-back median and mean,
 report -> next start median, sync point per boundary (sync mode), and Redis
@@ -68,12 +68,12 @@ class Monitor:
         return self.counts
 
 
-def one_run(redis: Redis, config) -> dict:
+def one_run(redis: Redis, config, monitor: bool) -> dict:
     before = commandstats(redis)
-    monitor = Monitor(redis)
+    watch = Monitor(redis) if monitor else None
     with open(os.devnull, "w") as quiet:
         execute(config, source="bench", stream=quiet)
-    sent = monitor.stop()
+    sent = watch.stop() if watch else Counter()
     calls = commandstats(redis) - before
     calls.pop("info", None)
     calls.pop("monitor", None)
@@ -97,6 +97,8 @@ def main(argv=None) -> int:
     p.add_argument("--jitter", type=float, default=0.1)
     p.add_argument("--modes", default="sync,balanced")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--monitor", action="store_true",
+                   help="also count the commands clients send (MONITOR: slows Redis, so timings read higher)")
     args = p.parse_args(argv)
     sched = schedule.parse_args(["--items", str(args.items), "--devices", str(args.devices),
                                  "--seconds", str(args.seconds), "--jitter", str(args.jitter)])
@@ -112,7 +114,8 @@ def main(argv=None) -> int:
         print(f"{args.items} items of {args.seconds} s on {args.devices} devices, {args.repeat} runs per mode, "
               f"{os.cpu_count()} CPU cores")
         for mode in modes:
-            runs = [one_run(redis, schedule.make_config(root, sched, speeds, broker, mode, f"{mode}-{rep}"))
+            runs = [one_run(redis, schedule.make_config(root, sched, speeds, broker, mode, f"{mode}-{rep}"),
+                            args.monitor)
                     for rep in range(args.repeat)]
 
             def med(key: str, scale: float = 1000.0, runs: list[dict] = runs) -> str:

@@ -202,8 +202,11 @@ def reuse(record: dict[str, Any], result: dict[str, Any]) -> None:
 
 
 def stop_check(task: EditTask, rt: "runtime.WorkerRuntime") -> Callable[[], bool]:
-    """`should_stop` for the adapter: asks Redis at most every STOP_POLL_S seconds."""
-    state = {"at": 0.0, "stop": False}
+    """`should_stop` for the adapter: asks Redis at most every STOP_POLL_S seconds.
+
+    The task asked when it began, moments ago: the first question waits a poll
+    interval, unless the task waited at a barrier first (for any length of time)."""
+    state = {"at": 0.0 if task.wait_for else time.monotonic(), "stop": False}
 
     def should_stop() -> bool:
         now = time.monotonic()
