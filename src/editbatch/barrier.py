@@ -12,12 +12,14 @@ of start tokens, one per task of the next batch, pushed by the arrival that
 completes the set. The set decides, and an arrival is idempotent per item: a
 retried arrival (its reply lost), the producer arriving for an item it gave
 up as lost, and a redelivered copy of an item arriving again all count once,
-so batch k+1 never opens before every item of batch k is in. A token is
-pushed only once the set is complete, so a waiter that pops one starts at
-once, without asking again. Waiting is a blocking pop on the token list in
-short slices (see redisconn.py), with the set's size checked between slices,
-so a wait of any length survives the client's socket timeout, a dropped
-connection or a lost token.
+so batch k+1 never opens before every item of batch k is in. Tokens are
+pushed only once the set is complete, and a waiter takes one and puts it
+back in the same command (`redisconn.blpeek`): one round trip, whether the
+batch opened long ago or opens during the wait (Redis wakes the blocked
+waiters as the arrival's script ends), and a redelivered copy that waits too
+takes no one's token. Waiting is in short slices (see redisconn.py), with the
+set's size checked between slices, so a wait of any length survives the
+client's socket timeout, a dropped connection or a lost token.
 """
 
 from __future__ import annotations
@@ -94,13 +96,13 @@ class BatchBarrier:
         """Block until the batch is done (True), or `timeout_s` passes or `stop()` turns true (False)."""
         deadline = time.monotonic() + timeout_s
         while True:
-            if redisconn.retrying(lambda: self.is_open(redis), max(0.0, deadline - time.monotonic())):
-                return True
             left = deadline - time.monotonic()
-            if left <= 0 or (stop is not None and stop()):
-                return False
-            if redisconn.blpop(redis, [self.open_key], min(left, redisconn.BLOCK_SLICE_S)) is not None:
+            if redisconn.blpeek(redis, self.open_key, min(max(0.0, left), redisconn.BLOCK_SLICE_S)) is not None:
                 return True  # a token: the set was complete when it was pushed
+            if redisconn.retrying(lambda: self.is_open(redis), max(0.0, deadline - time.monotonic())):
+                return True  # complete, its tokens lost (a Redis restart) or never pushed
+            if deadline - time.monotonic() <= 0 or (stop is not None and stop()):
+                return False
 
     def to_dict(self) -> dict[str, Any]:
         return {"prefix": self.prefix, "batch": self.batch, "parties": self.parties, "waiters": self.waiters}
