@@ -318,6 +318,7 @@ def test_a_hand_back_that_never_ran_leaves_the_item_to_its_files(rt, tmp_path, l
     with pytest.raises(redisconn.TRANSIENT):
         hand_back.send(Redis.from_url("redis://127.0.0.1:1", socket_connect_timeout=0.2))  # nobody there
     assert ledger.done_record(out, task.id, seed=task.seed)["attempt"] == result["attempt"]
+    assert barrier.is_open(rt.redis)  # arrived as its model call ended, before the files
     item = claim.ItemKeys.of(rt.cluster.namespace, task)
     if lost:
         rt.redis.delete(item.claim, item.fence, barrier.arrived_key, barrier.open_key, inbox)

@@ -1,9 +1,9 @@
 """The steps of one item on a worker, after the Celery task has decided to run it here.
 
 `process` reads as the chain: wait for the previous batch, check, claim,
-adopt an attempt left uncommitted or compute, commit, thumbnail, then hand
-back (release the claim, arrive: one script with the result, see
-handback.py). Each step is a function of the task and
+adopt an attempt left uncommitted or compute (and arrive at once), commit,
+thumbnail, then hand back (release the claim, arrive: one script with the
+result, see handback.py). Each step is a function of the task and
 the worker runtime, usable on its own (tests call them against a real Redis
 and a runtime started in-process). The result is the contract's result dict
 (see contract.py); `status` is "ok" only once the image and record are in
@@ -64,6 +64,7 @@ def process(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack | N
             try:
                 if not adopt(task, rt, held, result):
                     edited = compute(task, rt, result)
+                    sync_point.arrive_now(task, rt)
                     scoring.score_edit(task, rt, edited.image, result)
                     place(task, rt, held, edited, result)
             finally:

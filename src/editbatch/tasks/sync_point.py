@@ -1,4 +1,4 @@
-"""Sync mode on the worker: wait for the previous batch before starting, count this item in when done.
+"""Sync mode on the worker: wait for the previous batch before starting, count this item in once its edit is done.
 
 The barrier itself is `barrier.BatchBarrier`; this is the task's side of it,
 with the payload's barrier keys checked against the worker's namespace.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import keys
+from .. import keys, redisconn
 from ..barrier import BatchBarrier
 from ..workers import runtime
 from .contract import EditTask
@@ -35,6 +35,18 @@ def wait_for_previous_batch(task: EditTask, rt: "runtime.WorkerRuntime") -> None
         if rt.run_ended(task.run):
             raise RuntimeError(f"run {task.run} ended while this item waited for batch {barrier.batch}")
         raise TimeoutError(f"batch {barrier.batch} did not finish within {timeout:g}s; not started")
+
+
+def arrive_now(task: EditTask, rt: "runtime.WorkerRuntime") -> None:
+    """Arrive as soon as the model call has finished, one try: the barrier's rule is about model calls (no
+    task of batch k+1 starts before every one of batch k finished), so the next batch need not wait for
+    this item's fsyncs and commit. Its hand-back arrives again (counted once), with retries, ok or not."""
+    if task.arrive_at:
+        barrier = barrier_of(task.arrive_at, rt.cluster.namespace)
+        try:
+            barrier.arrive(rt.redis, task.index)
+        except redisconn.TRANSIENT:
+            pass
 
 
 def arrive(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack | None = None) -> None:
