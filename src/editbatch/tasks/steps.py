@@ -53,6 +53,7 @@ def process(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack | N
     result = new_result(task, rt)
     own = hand_back is None
     hand_back = HandBack() if own else hand_back
+    arrived = False
     try:
         sync_point.wait_for_previous_batch(task, rt)
         check_model(task, rt)
@@ -64,7 +65,7 @@ def process(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack | N
             try:
                 if not adopt(task, rt, held, result):
                     edited = compute(task, rt, result)
-                    sync_point.arrive_now(task, rt)
+                    arrived = sync_point.arrive_now(task, rt)
                     scoring.score_edit(task, rt, edited.image, result)
                     place(task, rt, held, edited, result)
             finally:
@@ -75,7 +76,8 @@ def process(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack | N
         fail(result, f"{exc.__class__.__name__}: {exc}", traceback.format_exc(limit=6))
     finally:
         try:
-            sync_point.arrive(task, rt, hand_back)
+            if not arrived:
+                sync_point.arrive(task, rt, hand_back)
         finally:
             if own:
                 send(rt, hand_back)

@@ -37,16 +37,18 @@ def wait_for_previous_batch(task: EditTask, rt: "runtime.WorkerRuntime") -> None
         raise TimeoutError(f"batch {barrier.batch} did not finish within {timeout:g}s; not started")
 
 
-def arrive_now(task: EditTask, rt: "runtime.WorkerRuntime") -> None:
+def arrive_now(task: EditTask, rt: "runtime.WorkerRuntime") -> bool:
     """Arrive as soon as the model call has finished, one try: the barrier's rule is about model calls (no
     task of batch k+1 starts before every one of batch k finished), so the next batch need not wait for
-    this item's fsyncs and commit. Its hand-back arrives again (counted once), with retries, ok or not."""
-    if task.arrive_at:
-        barrier = barrier_of(task.arrive_at, rt.cluster.namespace)
-        try:
-            barrier.arrive(rt.redis, task.index)
-        except redisconn.TRANSIENT:
-            pass
+    this item's fsyncs and commit. False when it did not: then the hand-back arrives, with retries."""
+    if not task.arrive_at:
+        return False
+    barrier = barrier_of(task.arrive_at, rt.cluster.namespace)
+    try:
+        barrier.arrive(rt.redis, task.index)
+    except redisconn.TRANSIENT:
+        return False
+    return True
 
 
 def arrive(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack | None = None) -> None:
