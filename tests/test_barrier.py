@@ -10,6 +10,7 @@ batch opened, or `force_open` run again.
 from __future__ import annotations
 
 import threading
+import time
 
 from editbatch import redisconn
 from editbatch.barrier import BatchBarrier
@@ -118,3 +119,26 @@ def test_duplicate_arrivals_during_a_sync_run_never_open_a_batch_early(sim_run, 
     for k in range(1, 4):
         before = max(r["finished_at"] for r in manifest if r["batch"] == k - 1)
         assert min(r["started_at"] for r in manifest if r["batch"] == k) >= before, k
+
+
+def test_one_arrival_wakes_every_waiter_at_once_and_a_token_is_never_used_up(redis_url):
+    batch = BatchBarrier(PREFIX, 6, parties=2, waiters=1)  # one token, more waiters than that
+    woke: list[float] = []
+
+    def waiter() -> None:
+        if batch.wait(redisconn.connect(redis_url), timeout_s=5):
+            woke.append(time.monotonic())
+
+    threads = [threading.Thread(target=waiter) for _ in range(4)]
+    for t in threads:
+        t.start()
+    client = redisconn.connect(redis_url)
+    batch.arrive(client, 0)
+    time.sleep(0.3)
+    assert woke == []
+    opened = time.monotonic()
+    batch.arrive(client, 1)
+    for t in threads:
+        t.join(5)
+    assert len(woke) == 4 and max(woke) - opened < 1.0  # not a 2 s slice later
+    assert tokens(client, batch) == 1 and batch.wait(client, timeout_s=0.5)  # a redelivered copy passes too

@@ -8,6 +8,7 @@ a holder that is gone (stopped, cut off) and may come back later.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -17,11 +18,13 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from redis import Redis
 
 from editbatch import keys, ledger, redisconn
 from editbatch.barrier import BatchBarrier
 from editbatch.tasks import claim, commit, steps
 from editbatch.tasks.contract import EditTask
+from editbatch.tasks.handback import HandBack
 from editbatch.workers import runtime
 
 from .conftest import fill, write_config
@@ -260,3 +263,70 @@ def test_an_attempt_of_another_folder_incarnation_is_never_adopted(rt, tmp_path)
     commit.Attempt(out, task.id, 1).write(Image.new("RGB", (8, 8), RED), record)  # left before an --overwrite
     result = steps.process(task, rt)
     assert result["status"] == "ok" and not result.get("adopted") and on_disk(out)[1] != RED
+
+
+# ---------------------------------------------------------------- the hand-back script (tasks/handback.py)
+
+def test_a_late_holders_hand_back_never_frees_the_claim_of_a_newer_epoch(rt, tmp_path):
+    task = make_task(tmp_path / "out")
+    late = ghost(rt, task)
+    first = late.try_take().token
+    mine = claim.Claim(rt.redis, late.item, claim.Holder("cpu0", rt.pid, None, 0, "mine"))
+    mine.free_if_gone(rt.cluster.namespace, mine.try_take().holder)
+    assert mine.try_take() == claim.Taken(first + 1)
+    stale = HandBack()
+    late.hand_over(stale)  # the late holder wakes up and hands back
+    stale.send(rt.redis)
+    assert rt.redis.get(late.item.claim) == mine.lease.owner.encode()
+    ours = HandBack()
+    mine.hand_over(ours)
+    ours.send(rt.redis)
+    assert rt.redis.get(late.item.claim) is None
+
+
+def test_a_hand_back_sent_twice_or_by_a_second_copy_counts_the_item_once(rt, tmp_path):
+    inbox = keys.results(rt.cluster.namespace, "r5")
+    barrier = BatchBarrier(keys.barrier_prefix(rt.cluster.namespace, "r5") + ":0", 0, parties=2, waiters=3)
+    other = make_task(tmp_path / "out", "item-001", index=1, arrive_at=barrier.to_dict(), run="r5", report=inbox)
+    steps.process(other, rt)
+    task = make_task(tmp_path / "out", arrive_at=barrier.to_dict(), run="r5", report=inbox)
+    for copy in range(2):  # the task, then a redelivered copy of it
+        hand_back = HandBack()
+        result = steps.process(task, rt, hand_back)
+        hand_back.report(inbox, result)
+        counted = None if copy == 0 else 2  # the computed copy arrived as its edit ended; the reused one here
+        assert hand_back.send(rt.redis) == counted
+        assert hand_back.send(rt.redis) == counted  # a retried script whose reply was lost
+        assert result["status"] == "ok" and bool(result.get("reused")) == (copy == 1)
+    assert rt.redis.scard(barrier.arrived_key) == 2 and rt.redis.llen(barrier.open_key) == 3  # opened once
+    assert BatchBarrier.from_dict(barrier.to_dict()).wait(rt.redis, 0.1)
+    events = [json.loads(m) for m in rt.redis.lrange(inbox, 0, -1)]
+    assert [e["index"] for e in events if e.get("event") == "started"] == [1, 0]  # with the claims, once each
+    assert [e["index"] for e in events if "event" not in e] == [0, 0, 0, 0]  # the producer keeps the first
+    assert rt.redis.ttl(inbox) > 0
+
+
+@pytest.mark.parametrize("lost", [False, True], ids=["redis-kept-its-data", "redis-came-back-empty"])
+def test_a_hand_back_that_never_ran_leaves_the_item_to_its_files(rt, tmp_path, lost):
+    """Redis went away between the commit and the hand-back script: the files in place are the item."""
+    out = tmp_path / "out"
+    inbox = keys.results(rt.cluster.namespace, "r6")
+    barrier = BatchBarrier(keys.barrier_prefix(rt.cluster.namespace, "r6") + ":0", 0, parties=1, waiters=1)
+    task = make_task(out, arrive_at=barrier.to_dict(), run="r6", report=inbox)
+    hand_back = HandBack()
+    result = steps.process(task, rt, hand_back)
+    hand_back.report(inbox, result)
+    with pytest.raises(redisconn.TRANSIENT):
+        hand_back.send(Redis.from_url("redis://127.0.0.1:1", socket_connect_timeout=0.2))  # nobody there
+    assert ledger.done_record(out, task.id, seed=task.seed)["attempt"] == result["attempt"]
+    assert barrier.is_open(rt.redis)  # arrived as its model call ended, before the files
+    item = claim.ItemKeys.of(rt.cluster.namespace, task)
+    if lost:
+        rt.redis.delete(item.claim, item.fence, barrier.arrived_key, barrier.open_key, inbox)
+    else:  # the claim is no longer renewed: it runs out with its lease
+        assert 0 < rt.redis.ttl(item.claim) <= keys.CLAIM_TTL_S
+        time.sleep(keys.CLAIM_TTL_S / 3 + 1)
+        assert rt.redis.ttl(item.claim) <= keys.CLAIM_TTL_S * 2 / 3
+    again = steps.process(task, rt)  # the redelivered or resumed copy: reused from disk, and it arrives
+    assert again["reused"] and again["attempt"] == result["attempt"] and again["status"] == "ok"
+    assert barrier.is_open(rt.redis)

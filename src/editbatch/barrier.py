@@ -12,11 +12,14 @@ of start tokens, one per task of the next batch, pushed by the arrival that
 completes the set. The set decides, and an arrival is idempotent per item: a
 retried arrival (its reply lost), the producer arriving for an item it gave
 up as lost, and a redelivered copy of an item arriving again all count once,
-so batch k+1 never opens before every item of batch k is in. A token only
-wakes a waiter at once. Waiting is a blocking pop on the token list in short
-slices (see redisconn.py), with the set's size checked between slices, so a
-wait of any length survives the client's socket timeout, a dropped
-connection or a lost token.
+so batch k+1 never opens before every item of batch k is in. Tokens are
+pushed only once the set is complete, and a waiter takes one and puts it
+back in the same command (`redisconn.blpeek`): one round trip, whether the
+batch opened long ago or opens during the wait (Redis wakes the blocked
+waiters as the arrival's script ends), and a redelivered copy that waits too
+takes no one's token. Waiting is in short slices (see redisconn.py), with the
+set's size checked between slices, so a wait of any length survives the
+client's socket timeout, a dropped connection or a lost token.
 """
 
 from __future__ import annotations
@@ -31,19 +34,26 @@ from . import redisconn
 from .keys import BARRIER_TTL_S
 
 # Count items in (idempotently); the arrival that completes the batch pushes one token per waiter of the next.
-# KEYS: arrived set, open list; ARGV: parties, waiters, ttl, then the indexes arriving.
+# A Lua function, so that the worker's hand-back script (tasks/handback.py) arrives the same way.
 # Returns the set's size and how many of the listed items were new.
-_ARRIVE = """
-local before = redis.call('scard', KEYS[1])
-for i = 4, #ARGV do redis.call('sadd', KEYS[1], ARGV[i]) end
-redis.call('expire', KEYS[1], ARGV[3])
-local n = redis.call('scard', KEYS[1])
-local parties = tonumber(ARGV[1])
-if before < parties and n >= parties and tonumber(ARGV[2]) > 0 then
-  for i = 1, tonumber(ARGV[2]) do redis.call('rpush', KEYS[2], '1') end
-  redis.call('expire', KEYS[2], ARGV[3])
+ARRIVE_LUA = """
+local function arrive(set, list, parties, waiters, ttl, indexes)
+  local before = redis.call('scard', set)
+  for _, i in ipairs(indexes) do redis.call('sadd', set, i) end
+  redis.call('expire', set, ttl)
+  local n = redis.call('scard', set)
+  if before < parties and n >= parties and waiters > 0 then
+    for i = 1, waiters do redis.call('rpush', list, '1') end
+    redis.call('expire', list, ttl)
+  end
+  return {n, n - before}
 end
-return {n, n - before}
+"""
+# KEYS: arrived set, open list; ARGV: parties, waiters, ttl, then the indexes arriving.
+_ARRIVE = ARRIVE_LUA + """
+local indexes = {}
+for i = 4, #ARGV do indexes[#indexes + 1] = ARGV[i] end
+return arrive(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], indexes)
 """
 
 
@@ -86,12 +96,13 @@ class BatchBarrier:
         """Block until the batch is done (True), or `timeout_s` passes or `stop()` turns true (False)."""
         deadline = time.monotonic() + timeout_s
         while True:
-            if redisconn.retrying(lambda: self.is_open(redis), max(0.0, deadline - time.monotonic())):
-                return True
             left = deadline - time.monotonic()
-            if left <= 0 or (stop is not None and stop()):
+            if redisconn.blpeek(redis, self.open_key, min(max(0.0, left), redisconn.BLOCK_SLICE_S)) is not None:
+                return True  # a token: the set was complete when it was pushed
+            if redisconn.retrying(lambda: self.is_open(redis), max(0.0, deadline - time.monotonic())):
+                return True  # complete, its tokens lost (a Redis restart) or never pushed
+            if deadline - time.monotonic() <= 0 or (stop is not None and stop()):
                 return False
-            redisconn.blpop(redis, [self.open_key], min(left, redisconn.BLOCK_SLICE_S))
 
     def to_dict(self) -> dict[str, Any]:
         return {"prefix": self.prefix, "batch": self.batch, "parties": self.parties, "waiters": self.waiters}

@@ -62,13 +62,23 @@ def blpop(redis: Redis, keys: list[str], timeout_s: float, *,
     true (checked between slices). Connection errors are retried until the
     deadline: a Redis restart during a long wait is survived.
     """
+    return _sliced(lambda slice_s: redis.blpop(keys, timeout=slice_s), timeout_s, stop)
+
+
+def blpeek(redis: Redis, key: str, timeout_s: float, *, stop: Callable[[], bool] | None = None) -> bytes | None:
+    """Wait like `blpop` for an element of list `key`, and leave it there (BLMOVE of the list onto itself):
+    a token that says "open" then wakes every waiter, however many come."""
+    return _sliced(lambda slice_s: redis.blmove(key, key, slice_s, "LEFT", "RIGHT"), timeout_s, stop)
+
+
+def _sliced(call: Callable[[float], object], timeout_s: float, stop: Callable[[], bool] | None):
     deadline = time.monotonic() + max(0.0, timeout_s)
     while True:
         left = deadline - time.monotonic()
         if left < MIN_SLICE_S:
             return None  # the deadline, give or take a few milliseconds
         try:
-            got = redis.blpop(keys, timeout=min(left, BLOCK_SLICE_S))
+            got = call(min(left, BLOCK_SLICE_S))
         except TRANSIENT:
             time.sleep(min(RETRY_PAUSE_S, max(0.0, deadline - time.monotonic())))
             continue

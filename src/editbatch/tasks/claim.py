@@ -25,14 +25,16 @@ from .. import keys, ledger, liveness
 from ..leases import Lease
 from ..workers import runtime
 from . import commit
+from .handback import HandBack
 from .contract import EditTask
 
 CLAIM_POLL_S = 0.5
 
-# KEYS: claim, fence. ARGV: holder, claim TTL, fence TTL.
+# KEYS: claim, fence, inbox. ARGV: holder, claim TTL, fence TTL, "started" event ('' none).
 # -> {'committed', token} | {'held', token} (ours: new, or a retried call whose reply was lost) | {'busy', holder}
 # A new token is the epoch plus one; an item without an epoch (never claimed, or its state lost with a Redis
 # that kept no data) starts from Redis's clock in milliseconds, so no token is ever handed out twice.
+# The claim is where the item becomes this worker's: the producer's "started" event goes out in the same script.
 _TAKE = """
 local committed = redis.call('hget', KEYS[2], 'committed')
 if committed then return {'committed', committed} end
@@ -50,6 +52,7 @@ end
 redis.call('hset', KEYS[2], 'epoch', string.format('%d', token))
 redis.call('expire', KEYS[2], ARGV[3])
 redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if ARGV[4] ~= '' then redis.call('rpush', KEYS[3], ARGV[4]) end
 return {'held', string.format('%d', token)}
 """
 
@@ -107,16 +110,18 @@ class Busy:
 class Claim:
     """One attempt's hold on an item: a renewed lease, and the token it was taken with."""
 
-    def __init__(self, redis: Redis, item: ItemKeys, holder: Holder):
+    def __init__(self, redis: Redis, item: ItemKeys, holder: Holder, started: tuple[str, str] | None = None):
         self.redis = redis
         self.item = item
         self.holder = holder
         self.lease = Lease(redis, item.claim, holder.dumps(), keys.CLAIM_TTL_S)
         self.token: int | None = None
+        self.started = started  # (inbox key, event): pushed when the claim is taken
 
     def try_take(self) -> Taken | Committed | Busy:
-        kind, value = self.redis.eval(_TAKE, 2, self.item.claim, self.item.fence, self.lease.owner,
-                                      keys.CLAIM_TTL_S, keys.ITEM_FENCE_TTL_S)
+        inbox, event = self.started or (self.item.claim, "")
+        kind, value = self.redis.eval(_TAKE, 3, self.item.claim, self.item.fence, inbox, self.lease.owner,
+                                      keys.CLAIM_TTL_S, keys.ITEM_FENCE_TTL_S, event)
         if kind == b"committed":
             return Committed(int(value))
         if kind == b"busy":
@@ -139,11 +144,20 @@ class Claim:
     def release(self) -> None:
         self.lease.release()
 
+    def hand_over(self, hand_back: HandBack) -> None:
+        """Stop renewing; the release goes with the item's hand-back script (compare-and-delete, as `release`)."""
+        self.lease.stop_renewing()
+        hand_back.release(self.item.claim, self.lease.owner)
+
 
 def take(task: EditTask, rt: "runtime.WorkerRuntime") -> Claim | dict[str, Any]:
     """Hold the item's claim (`claim.token` fences this attempt), or return its record if it is done."""
     item = ItemKeys.of(rt.cluster.namespace, task)
-    claim = Claim(rt.redis, item, Holder(rt.device.queue, rt.pid, task.run, task.index, uuid.uuid4().hex[:12]))
+    started = (task.report, rt.event_json("started", task.index)) if task.report else None
+    if started:
+        rt.check_key(task.report)
+    claim = Claim(rt.redis, item, Holder(rt.device.queue, rt.pid, task.run, task.index, uuid.uuid4().hex[:12]),
+                  started)
     limit = task.wait_timeout_s or 3600.0
     deadline = time.monotonic() + limit
     while True:

@@ -2,9 +2,10 @@
 
 Skip a task of a run that is over, and a copy the producer took back for an
 idle device (take_back.py); send on a task for another model; hand back a
-task taken while retiring; then the item's own steps (see steps.py:
-wait for the previous batch, claim, compute, commit, thumbnail, arrive);
-then tell the guard, log, and report to the producer's inbox.
+task taken while retiring; then the item's own steps (see steps.py: wait
+for the previous batch, claim, compute, commit, thumbnail); then tell the
+guard, send the item's hand-back (claim release, barrier arrival, result to
+the producer's inbox: one script, see handback.py), and log.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ..models import identity
 from ..workers import runtime
 from . import steps, take_back
 from .contract import TASK_NAME, EditTask
+from .handback import HandBack
 from .failures import ItemFailed, fail_task_if_failed
 
 log = get_task_logger("editbatch.task")
@@ -41,14 +43,19 @@ def edit(self, payload: dict) -> dict:
     if rt.guard is not None and rt.guard.retiring:
         # Taken in the moment before this worker stopped consuming: back to the queue, untouched.
         raise self.retry(queue=(self.request.delivery_info or {}).get("routing_key"), countdown=0, max_retries=None)
-    result = steps.process(task, rt)
+    hand_back = HandBack()
+    result = steps.process(task, rt, hand_back)
     if rt.guard is not None and rt.guard.task_finished(result["error"]):
         _stop_consuming(self)
-    _log(task, rt, result)
     result["reported_at"] = clock.now()
     result["clock_vs_redis_s"] = rt.clock_vs_redis()
-    if task.report:
-        rt.report(task.report, result)
+    try:
+        if task.report:
+            rt.check_key(task.report)
+            hand_back.report(task.report, result)
+    finally:
+        steps.send(rt, hand_back)  # claim release, barrier arrival and result: one round trip
+    _log(task, rt, result)
     return fail_task_if_failed(result)  # after reporting: Flower shows a failed item as FAILURE
 
 

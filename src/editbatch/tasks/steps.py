@@ -1,7 +1,9 @@
 """The steps of one item on a worker, after the Celery task has decided to run it here.
 
 `process` reads as the chain: wait for the previous batch, check, claim,
-adopt an attempt left uncommitted or compute, commit, thumbnail, arrive. Each step is a function of the task and
+adopt an attempt left uncommitted or compute (and arrive at once), commit,
+thumbnail, then hand back (release the claim, arrive: one script with the
+result, see handback.py). Each step is a function of the task and
 the worker runtime, usable on its own (tests call them against a real Redis
 and a runtime started in-process). The result is the contract's result dict
 (see contract.py); `status` is "ok" only once the image and record are in
@@ -27,6 +29,7 @@ from ..workers import runtime
 from ..workers.roots import confine
 from . import claim, commit, scoring, sync_point
 from .contract import EditTask
+from .handback import HandBack
 
 STOP_POLL_S = 0.5
 # A copy that lost its claim (its worker was judged gone) waits this long at most for the copy that replaced it.
@@ -44,8 +47,13 @@ class Edited:
     inputs: list[tuple[str, Image.Image]]
 
 
-def process(task: EditTask, rt: "runtime.WorkerRuntime") -> dict[str, Any]:
+def process(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack | None = None) -> dict[str, Any]:
+    """Run the item's steps. Its claim release and barrier arrival go into `hand_back` for the caller to send
+    with the result (the Celery task); without one, they are sent here before returning."""
     result = new_result(task, rt)
+    own = hand_back is None
+    hand_back = HandBack() if own else hand_back
+    arrived = False
     try:
         sync_point.wait_for_previous_batch(task, rt)
         check_model(task, rt)
@@ -57,17 +65,28 @@ def process(task: EditTask, rt: "runtime.WorkerRuntime") -> dict[str, Any]:
             try:
                 if not adopt(task, rt, held, result):
                     edited = compute(task, rt, result)
+                    arrived = sync_point.arrive_now(task, rt)
                     scoring.score_edit(task, rt, edited.image, result)
                     place(task, rt, held, edited, result)
             finally:
-                held.release()
+                held.hand_over(hand_back)
     except commit.WriteFailed as exc:  # a full or read-only disk: one line naming the file is the whole story
         fail(result, str(exc))
     except Exception as exc:  # noqa: BLE001 - one bad item must not stop the worker
         fail(result, f"{exc.__class__.__name__}: {exc}", traceback.format_exc(limit=6))
     finally:
-        sync_point.arrive(task, rt)
+        try:
+            if not arrived:
+                sync_point.arrive(task, rt, hand_back)
+        finally:
+            if own:
+                send(rt, hand_back)
     return result
+
+
+def send(rt: "runtime.WorkerRuntime", hand_back: HandBack) -> None:
+    """The item's Redis writes after its files, in one round trip (retried while Redis is away)."""
+    runtime.keep_retrying(lambda: hand_back.send(rt.redis))
 
 
 def new_result(task: EditTask, rt: "runtime.WorkerRuntime") -> dict[str, Any]:
@@ -105,8 +124,6 @@ def compute(task: EditTask, rt: "runtime.WorkerRuntime", result: dict[str, Any])
     images = [load_rgb(p, rt.max_pixels) for p in task.images] if model.reads_images else []
     params = {**rt.model_config.params, **task.params}
     request = EditRequest(task.id, images, task.instruction, task.seed, params, should_stop=stop_check(task, rt))
-    if task.report:
-        rt.event(task.report, "started", task.index)
     if rt.guard is not None:
         rt.guard.task_started(task.id, task.timeout_s)
     result["started_at"] = clock.now()
@@ -188,8 +205,11 @@ def reuse(record: dict[str, Any], result: dict[str, Any]) -> None:
 
 
 def stop_check(task: EditTask, rt: "runtime.WorkerRuntime") -> Callable[[], bool]:
-    """`should_stop` for the adapter: asks Redis at most every STOP_POLL_S seconds."""
-    state = {"at": 0.0, "stop": False}
+    """`should_stop` for the adapter: asks Redis at most every STOP_POLL_S seconds.
+
+    The task asked when it began, moments ago: the first question waits a poll
+    interval, unless the task waited at a barrier first (for any length of time)."""
+    state = {"at": 0.0 if task.wait_for else time.monotonic(), "stop": False}
 
     def should_stop() -> bool:
         now = time.monotonic()

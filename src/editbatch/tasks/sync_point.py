@@ -1,4 +1,4 @@
-"""Sync mode on the worker: wait for the previous batch before starting, count this item in when done.
+"""Sync mode on the worker: wait for the previous batch before starting, count this item in once its edit is done.
 
 The barrier itself is `barrier.BatchBarrier`; this is the task's side of it,
 with the payload's barrier keys checked against the worker's namespace.
@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import keys
+from .. import keys, redisconn
 from ..barrier import BatchBarrier
 from ..workers import runtime
 from .contract import EditTask
+from .handback import HandBack
 
 DEFAULT_WAIT_S = 3600.0
 
@@ -36,8 +37,26 @@ def wait_for_previous_batch(task: EditTask, rt: "runtime.WorkerRuntime") -> None
         raise TimeoutError(f"batch {barrier.batch} did not finish within {timeout:g}s; not started")
 
 
-def arrive(task: EditTask, rt: "runtime.WorkerRuntime") -> None:
-    """Count this item in at its batch's barrier (ok or not); once per item however often it is called."""
+def arrive_now(task: EditTask, rt: "runtime.WorkerRuntime") -> bool:
+    """Arrive as soon as the model call has finished, one try: the barrier's rule is about model calls (no
+    task of batch k+1 starts before every one of batch k finished), so the next batch need not wait for
+    this item's fsyncs and commit. False when it did not: then the hand-back arrives, with retries."""
+    if not task.arrive_at:
+        return False
+    barrier = barrier_of(task.arrive_at, rt.cluster.namespace)
+    try:
+        barrier.arrive(rt.redis, task.index)
+    except redisconn.TRANSIENT:
+        return False
+    return True
+
+
+def arrive(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack | None = None) -> None:
+    """Count this item in at its batch's barrier (ok or not); once per item however often it is called.
+    With `hand_back`, the arrival goes with the item's hand-back script instead of on its own."""
     if task.arrive_at:
         barrier = barrier_of(task.arrive_at, rt.cluster.namespace)
-        runtime.keep_retrying(lambda: barrier.arrive(rt.redis, task.index))
+        if hand_back is not None:
+            hand_back.arrive(barrier, task.index)
+        else:
+            runtime.keep_retrying(lambda: barrier.arrive(rt.redis, task.index))

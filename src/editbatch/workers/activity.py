@@ -20,7 +20,7 @@ from ..tasks.contract import TASK_NAME
 
 def _publish(**fields) -> None:
     try:
-        runtime.current().presence.publish(**fields)
+        runtime.current().presence.publish_soon(**fields)  # written by the beat thread: no wait between tasks
     except Exception:  # noqa: BLE001 - status is informative; a task must never fail for it
         pass
 

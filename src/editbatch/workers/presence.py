@@ -38,6 +38,7 @@ class Presence:
         self.record: dict[str, Any] = {}
         self._lock = threading.Lock()  # the record and every SET of it
         self._stop = threading.Event()
+        self._wake = threading.Event()  # write now (publish_soon, withdraw), not at the next beat
         self._thread: threading.Thread | None = None
 
     def publish(self, **fields: Any) -> None:
@@ -50,12 +51,25 @@ class Presence:
                 self._thread = threading.Thread(target=self._beat, name="editbatch-presence", daemon=True)
                 self._thread.start()
 
+    def publish_soon(self, **fields: Any) -> None:
+        """Change the record now and let the beat thread write it at once: for the task hooks, so that a
+        worker between two tasks does not wait on Redis for what is only shown (status, the producer's checks)."""
+        if self._thread is None:
+            return self.publish(**fields)  # nothing written yet: no beat to hand it to
+        with self._lock:
+            if self._stop.is_set():
+                return
+            self.record.update(fields)
+        self._wake.set()
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return dict(self.record)
 
     def _beat(self) -> None:
-        while not self._stop.wait(BEAT_S):
+        while True:
+            self._wake.wait(BEAT_S)
+            self._wake.clear()
             with self._lock:
                 if self._stop.is_set():
                     return
@@ -68,6 +82,7 @@ class Presence:
     def withdraw(self) -> None:
         with self._lock:  # waits for a beat or publish in flight; none writes after this
             self._stop.set()
+            self._wake.set()
             try:
                 self.redis.delete(self.key)
             except Exception:  # noqa: BLE001 - the TTL removes it anyway

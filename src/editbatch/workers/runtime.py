@@ -105,14 +105,17 @@ class WorkerRuntime:
         """True once `run_id` is over (ended or cancelled): its tasks still queued here are skipped."""
         return bool(run_id) and keep_retrying(lambda: runstate.is_over(self.redis, self.cluster.namespace, run_id))
 
-    def event(self, key: str, kind: str, index: int | None) -> None:
-        """Tell the producer where an item is ("held", "started"): one push to the run's inbox."""
+    def event_json(self, kind: str, index: int | None) -> str:
+        """An event for the producer's inbox ("held", "started"): where an item is."""
         import json
 
+        return json.dumps({"event": kind, "index": index, "device": self.device.queue, "pid": self.pid})
+
+    def event(self, key: str, kind: str, index: int | None) -> None:
+        """Tell the producer where an item is: one push to the run's inbox ("started" goes with the claim)."""
         self.check_key(key)
         try:
-            self.redis.rpush(key, json.dumps({"event": kind, "index": index, "device": self.device.queue,
-                                              "pid": self.pid}))
+            self.redis.rpush(key, self.event_json(kind, index))
         except redisconn.TRANSIENT:
             pass  # a hint only: the producer finds the item by other means
 
