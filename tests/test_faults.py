@@ -134,6 +134,38 @@ def test_producer_killed_then_resumed(tmp_path, sample_image, mode):
 
 
 @pytest.mark.slow
+def test_producer_killed_while_workers_wait_at_the_barrier(tmp_path, sample_image):
+    """Sync mode with cpu1 eight times slower: cpu0 and cpu2 finish batch 0 and wait at its barrier with
+    batch 1's tasks. Killed with the producer, Redis goes too; a waiting worker must still exit at once,
+    not sit out the barrier's 120 s wait retrying a Redis that is gone."""
+    dataset = write_dataset(tmp_path / "data", simple_rows(9, sample_image))
+    calls = tmp_path / "calls.jsonl"
+    config = write_config(tmp_path / "slow.yaml", name="slow-barrier", dataset={"path": str(dataset)},
+                          output_dir=str(tmp_path / "out"),
+                          model={"type": "simulated", "path": "sim",
+                                 "params": {"seconds": 0.5, "device_speed": [1, 8, 1], "call_log": str(calls)}},
+                          cluster={"broker": "auto", "devices": ["cpu", "cpu", "cpu"]},
+                          schedule={"mode": "sync", "task_timeout_s": 60})
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "editbatch", "run", str(config)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_calls(calls, 3, proc)
+    time.sleep(1.5)  # cpu0 and cpu2 are done with batch 0 (0.5 s); cpu1 computes until 4 s
+    assert sorted(c["device"] for c in read_jsonl(calls)) == ["cpu0", "cpu1", "cpu2"]  # batch 0 only: two wait
+    pids = [cluster(out)["redis_pid"], *cluster(out)["workers"].values()]
+    proc.kill()
+    proc.wait()
+    assert wait_gone(pids, timeout=20) == []
+    resumed = run_cli("run", str(config), "--resume", timeout=240)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-2000:]
+    manifest, _ = read_run(out)
+    assert sorted(r["id"] for r in manifest) == [f"item-{i:03d}" for i in range(9)]
+    assert all(r["status"] == "ok" for r in manifest)
+    counted = Counter(c["id"] for c in read_jsonl(calls))
+    assert max(counted.values()) == 1, counted  # cpu1's edit ended in its warm shutdown: the resume adopted it
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_redis_killed_and_started_again(tmp_path, sample_image, mode):
     proc, config, calls, out = start(tmp_path, sample_image, mode)

@@ -93,14 +93,21 @@ class BatchBarrier:
         return int(redis.scard(self.arrived_key)) >= self.parties
 
     def wait(self, redis: Redis, timeout_s: float, *, stop: Callable[[], bool] | None = None) -> bool:
-        """Block until the batch is done (True), or `timeout_s` passes or `stop()` turns true (False)."""
+        """Block until the batch is done (True), or `timeout_s` passes or `stop()` turns true (False).
+
+        `stop()` is asked after every slice, also while Redis is out of reach: a
+        worker shutting down (its producer and Redis gone with it) must not sit
+        out the whole timeout here, holding its process alive."""
         deadline = time.monotonic() + timeout_s
         while True:
             left = deadline - time.monotonic()
             if redisconn.blpeek(redis, self.open_key, min(max(0.0, left), redisconn.BLOCK_SLICE_S)) is not None:
                 return True  # a token: the set was complete when it was pushed
-            if redisconn.retrying(lambda: self.is_open(redis), max(0.0, deadline - time.monotonic())):
-                return True  # complete, its tokens lost (a Redis restart) or never pushed
+            try:
+                if self.is_open(redis):
+                    return True  # complete, its tokens lost (a Redis restart) or never pushed
+            except redisconn.TRANSIENT:
+                pass  # Redis away: asked again after the next slice, which waits the outage out
             if deadline - time.monotonic() <= 0 or (stop is not None and stop()):
                 return False
 

@@ -31,7 +31,9 @@ def wait_for_previous_batch(task: EditTask, rt: "runtime.WorkerRuntime") -> None
         return
     timeout = task.wait_timeout_s or DEFAULT_WAIT_S
     barrier = barrier_of(task.wait_for, rt.cluster.namespace)
-    if not barrier.wait(rt.redis, timeout, stop=lambda: rt.run_ended(task.run)):
+    if not barrier.wait(rt.redis, timeout, stop=lambda: runtime.shutting_down.is_set() or rt.run_ended(task.run)):
+        if runtime.shutting_down.is_set():
+            raise RuntimeError(f"this worker is shutting down; not started (it waited for batch {barrier.batch})")
         if rt.run_ended(task.run):
             raise RuntimeError(f"run {task.run} ended while this item waited for batch {barrier.batch}")
         raise TimeoutError(f"batch {barrier.batch} did not finish within {timeout:g}s; not started")
