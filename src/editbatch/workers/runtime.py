@@ -119,19 +119,6 @@ class WorkerRuntime:
         except redisconn.TRANSIENT:
             pass  # a hint only: the producer finds the item by other means
 
-    def report(self, key: str, result: dict[str, Any]) -> None:
-        import json
-
-        self.check_key(key)
-
-        def push() -> None:
-            with self.redis.pipeline(transaction=False) as pipe:
-                pipe.rpush(key, json.dumps(result))
-                pipe.expire(key, keys.RESULT_TTL_S)  # nobody reading (producer gone): Redis forgets it
-                pipe.execute()
-
-        keep_retrying(push)
-
 
 _current: WorkerRuntime | None = None
 
