@@ -136,6 +136,12 @@ def stop_worker(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
         proc.wait()
 
 
+def as_in_a_terminal() -> None:
+    """preexec_fn for a producer a test interrupts: SIGINT acted on, as in a terminal, whatever the test runner
+    inherited (a suite started in the background by a script has SIGINT ignored, and so would its children)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
     """Pids still alive after `timeout` seconds."""
     import psutil

@@ -10,7 +10,8 @@ import subprocess
 import sys
 import time
 
-from .conftest import REPO, read_run, run_cli, simple_rows, stop_worker, wait_gone, write_config, write_dataset
+from .conftest import (REPO, as_in_a_terminal, read_run, run_cli, simple_rows, stop_worker, wait_gone, write_config,
+                       write_dataset)
 
 
 def local_config(tmp_path, image, n=6, devices=("cpu", "cpu", "cpu"), **model_params):
@@ -56,7 +57,7 @@ def test_ctrl_c_stops_every_process_and_keeps_what_finished(tmp_path, sample_ima
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "editbatch", "run", str(config), "--set",
                              "model.params.seconds=0.3"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=as_in_a_terminal)
     deadline = time.monotonic() + 60
     manifest = out / "manifest.jsonl"
     while time.monotonic() < deadline and not (manifest.exists() and manifest.read_text().count("\n") >= 2):
@@ -72,6 +73,36 @@ def test_ctrl_c_stops_every_process_and_keeps_what_finished(tmp_path, sample_ima
     assert {r["status"] for r in records} == {"ok", "not_run"}  # stopped, not failed: a resume runs them
     assert summary["not_run"] == sum(r["status"] == "not_run" for r in records) and summary["failed"] == 0
     assert any("run interrupted before this item" in (r["error"] or "") for r in records)
+
+
+def test_cancel_stops_a_producer_started_in_the_background_by_a_script(tmp_path, sample_image):
+    """`editbatch run ... &` in a script (or under nohup) starts the producer with SIGINT ignored. `editbatch
+    cancel DIR`, with no broker (a private Redis's password is stored nowhere), must still stop it as Ctrl-C
+    would: workers stopped, every item in the manifest, the run marked cancelled, exit 130."""
+    config = local_config(tmp_path, sample_image, n=60, devices=("cpu", "cpu"))
+    out = tmp_path / "out"
+    script = f"{sys.executable} -m editbatch run {config} --set model.params.seconds=0.3 & wait $!"
+    proc = subprocess.Popen(["bash", "-c", script], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 60
+    manifest = out / "manifest.jsonl"
+    while time.monotonic() < deadline and not (manifest.exists() and manifest.read_text().count("\n") >= 2):
+        time.sleep(0.1)
+    producer = json.loads((out / "run.json").read_text())["pid"]
+    with open(f"/proc/{producer}/status") as fh:
+        ignored = int(next(line for line in fh if line.startswith("SigIgn:")).split()[1], 16)
+    assert ignored & (1 << (signal.SIGINT - 1)), "the background job should have SIGINT ignored"
+    pids = cluster_pids(out)
+    cancelled = run_cli("cancel", str(out))
+    assert cancelled.returncode == 0 and f"producer {producer} stopped" in cancelled.stdout, cancelled.stderr
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert f"finish it with: editbatch resume {out}" in err, err
+    assert wait_gone(pids) == []
+    records, summary = read_run(out)
+    assert len(records) == 60 and summary["ok"] >= 2 and summary["failed"] == 0
+    assert {r["status"] for r in records} == {"ok", "not_run"}
+    assert json.loads((out / "run.json").read_text())["state"] == "cancelled"
 
 
 def test_a_killed_producer_takes_its_cluster_with_it(tmp_path, sample_image):

@@ -226,7 +226,7 @@ def test_tasks_left_by_an_interrupted_run_never_start(tmp_path, sim_cluster, sam
     import sys
     import time
 
-    from .conftest import read_jsonl, write_config
+    from .conftest import as_in_a_terminal, read_jsonl, write_config
 
     calls = tmp_path / "calls.jsonl"
     dataset = write_dataset(tmp_path / "data", simple_rows(30, sample_image))
@@ -238,7 +238,7 @@ def test_tasks_left_by_an_interrupted_run_never_start(tmp_path, sim_cluster, sam
                           cluster={"broker": sim_cluster["url"], "devices": ["cpu", "cpu", "cpu"]},
                           schedule={"mode": "sync"})  # the next batch waits queued at the workers
     proc = subprocess.Popen([sys.executable, "-m", "editbatch", "run", str(config)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_in_a_terminal)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (calls.exists() and calls.read_text().count("\n") >= 4):
         time.sleep(0.05)

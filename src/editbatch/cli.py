@@ -147,6 +147,10 @@ def _add_cluster(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("run", "resume", "retry"):
+        from .producer.cancel import stop_on_sigterm
+
+        stop_on_sigterm()
     try:
         if args.command == "run":
             return _cmd_run(args, parser)

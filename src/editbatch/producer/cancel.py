@@ -3,14 +3,17 @@
 The run's state key in Redis is set to ``cancelled``: its producer stops
 dispatching within a second, workers skip its queued tasks and stop a
 running edit at the next denoising step. A producer on this machine is also
-sent SIGINT (the same as Ctrl-C in its terminal), which is the only way in
-for a run on a private Redis whose password is stored nowhere.
+sent SIGTERM, which it takes as Ctrl-C (`stop_on_sigterm`); that is the only
+way in for a run on a private Redis whose password is stored nowhere. Not
+SIGINT: a producer started in the background by a script (`editbatch run
+... &`, `nohup`) has SIGINT ignored from its start, and would never hear it.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 from pathlib import Path
 
 from .. import redisconn, runstate
@@ -34,8 +37,8 @@ def cancel_run(out_dir: Path, *, broker: str | None) -> str:
             client.close()
         done.append("marked cancelled in Redis")
     if producer_alive(run) and _is_editbatch(run["pid"]):  # never signal a later process that got its pid
-        os.kill(run["pid"], signal.SIGINT)
-        done.append(f"producer {run['pid']} interrupted")
+        os.kill(run["pid"], signal.SIGTERM)
+        done.append(f"producer {run['pid']} stopped")
     if not done:
         raise ConfigError(str(out_dir), None, f"run {run_id} runs on {run.get('host')}: pass --broker URL "
                                               "(or set EDITBATCH_BROKER) to cancel it through Redis")
@@ -48,3 +51,19 @@ def _is_editbatch(pid: int) -> bool:
             return b"editbatch" in fh.read()
     except OSError:
         return False
+
+
+def stop_on_sigterm() -> None:
+    """In a producer: SIGTERM (`editbatch cancel`, kill, systemd, docker stop) stops the run as Ctrl-C does.
+
+    The run is marked cancelled, what it started is stopped and its files are
+    kept (exit 130), where the default action would end the process with no
+    summary. A second SIGTERM during that clean-up ends it at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers belong to the main thread (a job's run in the coordinator is stopped otherwise)
+
+    def interrupt(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
