@@ -32,6 +32,16 @@ def test_demo_config_loads_with_the_documented_shape():
     assert config.schedule.mode == "sync" and config.schedule.seed == 42
 
 
+@pytest.mark.parametrize("name", ["demo", "demo_scores", "flux_kontext", "instruct_pix2pix_gpu", "lora_eval",
+                                  "qwen_image_edit_6gpu", "qwen_image_edit_plus", "service", "worker_host"])
+def test_every_shipped_run_or_worker_config_loads(name):
+    """What the README and compose files name must load as written (datasets live on the user's machine)."""
+    config = load_config(REPO / "configs" / f"{name}.yaml", check_dataset=name.startswith("demo"))
+    if name == "demo_scores":  # the README's Scores example: metrics only, offline, categories from the demo set
+        assert config.evaluate is not None and config.evaluate.clip == "tiny" and config.evaluate.dino == "tiny"
+        assert config.evaluate.group_by == "category"
+
+
 def test_seed_file_loads_unchanged_and_maps_to_our_schema(dataset):
     seed_file = REPO / "configs" / "seed_multi_gpu.yaml"
     config = load_config(seed_file, [f"dataset.path={dataset}"])
