@@ -260,8 +260,9 @@ def cli(cluster, host: str, *args: str, timeout: float = 60) -> tuple[int, str]:
     return proc.returncode, out.decode(errors="replace") + err.decode(errors="replace")
 
 
+@pytest.mark.parametrize("mode", ["sync", "balanced"])
 def test_a_job_submitted_from_one_host_runs_on_the_others_and_is_cancelled_from_a_third(cluster, tmp_path,
-                                                                                          sample_image):
+                                                                                          sample_image, mode):
     n = 24
     service = cluster["service"] = write_config(tmp_path / "cluster.yaml", name="service",
                            model={"type": "simulated", "path": "sim"},
@@ -275,16 +276,21 @@ def test_a_job_submitted_from_one_host_runs_on_the_others_and_is_cancelled_from_
                        output_dir=str(tmp_path / "out"),
                        model={"type": "simulated", "path": "sim",
                               "params": {"seconds": SECONDS, "call_log": str(tmp_path / "calls.jsonl")}},
-                       schedule={"mode": "balanced", "task_timeout_s": 60})
-    code, said = cli(cluster, "c", "submit", str(job), "--id", "hosts-job-1")
-    assert code == 0, said
-    calls = tmp_path / "calls.jsonl"
-    assert wait_for(lambda: calls.exists() and calls.read_text().count("\n") >= 6, 90), \
-        (tmp_path / "serve.log").read_text()[-3000:]
-    code, said = cli(cluster, "a", "cancel", "hosts-job-1")
-    assert code == 0 and "cancel requested" in said, said
-    assert wait_for(lambda: '"state": "cancelled"' in cli(cluster, "b", "status", "hosts-job-1", "--json")[1], 60)
-    assert serve.poll() is None  # the coordinator takes the next job
+                       schedule={"mode": mode, "task_timeout_s": 60})
+    job_id = f"hosts-job-{mode}"
+    try:
+        code, said = cli(cluster, "c", "submit", str(job), "--id", job_id)
+        assert code == 0, said
+        calls = tmp_path / "calls.jsonl"
+        assert wait_for(lambda: calls.exists() and calls.read_text().count("\n") >= 6, 90), \
+            (tmp_path / "serve.log").read_text()[-3000:]
+        code, said = cli(cluster, "a", "cancel", job_id)
+        assert code == 0 and "cancel requested" in said, said
+        assert wait_for(lambda: '"state": "cancelled"' in cli(cluster, "b", "status", job_id, "--json")[1], 60)
+        assert serve.poll() is None  # the coordinator takes the next job
+    finally:
+        serve.terminate()  # the next test starts its own coordinator
+        serve.wait(30)
     out = tmp_path / "out"
     manifest, summary = read_run(out)
     assert sorted(r["id"] for r in manifest) == [f"item-{i:03d}" for i in range(n)]
@@ -299,4 +305,4 @@ def test_a_job_submitted_from_one_host_runs_on_the_others_and_is_cancelled_from_
     assert {r["device"].split("-")[0] for r in manifest if r["status"] == "ok"} >= {"a", "b"}
     counted = Counter(c["id"] for c in read_jsonl(calls))
     assert max(counted.values()) == 1, counted
-    report("job across hosts", "balanced", [], ok=summary["ok"], not_run=summary["not_run"])
+    report("job across hosts", mode, [], ok=summary["ok"], not_run=summary["not_run"])
