@@ -200,3 +200,34 @@ def test_a_full_disk_stops_the_run_in_one_line_and_resume_finishes_it(tmp_path, 
     done_first = {i for i in records}
     assert all(computed[i] == computed_before[i] for i in done_first), "an item done before the resume ran again"
     print(f"done before the disk filled: {len(done_first)} of 12")
+
+
+def test_a_private_redis_on_a_full_disk_stops_the_run_in_one_line_and_resume_finishes_it(tmp_path, sample_image,
+                                                                                         small_disk):
+    """With `broker: auto` the private Redis keeps its append-only file in the run's logs/ folder. When that
+    disk fills, Redis refuses every write (MISCONF) before the images do: the run stops with one line (exit
+    2, no traceback), nothing is ok without its image and record, and a resume with room finishes the rest."""
+    config, calls = config_for(tmp_path, sample_image, "auto", n=40, params={"seconds": 0.1}, devices=("cpu",) * 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "logs").symlink_to(small_disk, target_is_directory=True)  # logs/ (and Redis's file) on the small disk
+    fill(small_disk, leave=96 * 1024)
+    proc = run_cli("run", str(config), timeout=180)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if not line.startswith("[BALANCED] Editing")]
+    assert "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr
+    assert "Redis refuses writes" in errors[0] and f"editbatch resume {out}" in errors[0], errors
+    records = {p.stem for p in (out / "records").glob("*.json")}
+    manifest, summary = read_run(out)
+    assert len(manifest) == 40
+    assert all((out / r["output"]).is_file() and r["id"] in records for r in manifest if r["status"] == "ok")
+    computed_before = Counter(c["id"] for c in read_jsonl(calls))
+
+    (small_disk / "filler").unlink()
+    resumed = run_cli("resume", str(out), timeout=180)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    manifest, summary = read_run(out)
+    assert len(manifest) == 40 and all(r["status"] == "ok" and (out / r["output"]).is_file() for r in manifest)
+    computed = Counter(c["id"] for c in read_jsonl(calls))
+    assert all(computed[i] == computed_before[i] for i in records), "an item done before the resume ran again"
+    print(f"done before Redis refused writes: {len(records)} of 40")
