@@ -53,6 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--no-take-back", dest="take_back", action="store_false",
                    help="leave a prefetched task with its holder at the end of a run (schedule.take_back: false)")
     p.add_argument("--barrier", default="worker", choices=["worker", "producer"], help="sync mode's barrier")
+    p.add_argument("--no-events", dest="events", action="store_false",
+                   help="cluster.task_events: false (no Celery task events for Flower)")
     p.add_argument("--repeat", type=int, default=1, help="runs per mode (the table shows the median makespan run)")
     p.add_argument("--json", type=Path, help="also write the summaries here")
     p.add_argument("--keep", type=Path, help="keep run folders here (manifests for timelines)")
@@ -84,6 +86,7 @@ def make_config(root: Path, args, speeds, broker: str, mode: str, tag: str):
         "model": {"type": "simulated", "path": "bench",
                   "params": {"seconds": args.seconds, "jitter": args.jitter, "device_speed": speeds}},
         "cluster": {"broker": broker, "devices": ["cpu"] * args.devices, "prefetch": args.prefetch,
+                    "task_events": args.events,
                     "output_roots": [str(root)], "input_roots": [str(root)]},  # one worker set, many run folders
         "schedule": {"mode": mode, "max_skew": args.max_skew, "barrier": args.barrier, "take_back": args.take_back},
     }
@@ -119,7 +122,8 @@ def main(argv=None) -> int:
         print(f"scenario: {args.items} items, {args.devices} devices, speed factors {speeds}, "
               f"jitter +-{args.jitter:.0%}, {args.seconds} s per item; prefetch {args.prefetch}"
               f"{'' if args.take_back else ' (no take-back)'}, "
-              f"sync barrier on the {args.barrier}; {os.cpu_count()} CPU cores", flush=True)
+              f"sync barrier on the {args.barrier}; task events {'on' if args.events else 'off'}; "
+              f"{os.cpu_count()} CPU cores", flush=True)
         summaries = []
         with open(os.devnull, "w") as quiet:
             for mode in modes:
