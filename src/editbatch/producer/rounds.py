@@ -85,7 +85,8 @@ class Round:
                                                     max_in_flight=sched.max_in_flight))
         self.submitter = Submitter(ctx.app, self.payload_for)
         # Prefetched tasks stranded behind a busy device move to an idle one (shared-queue modes).
-        self.take_back = (TakeBack(ctx.redis, ctx.config.cluster.namespace, ctx.run_id, number)
+        self.take_back = (TakeBack(ctx.redis, ctx.config.cluster.namespace, ctx.run_id, number,
+                                   say=ctx.progress.say, name_of=lambda o: self.items[o].id)
                           if self.facts.takes_back and sched.take_back and ctx.config.cluster.prefetch > 1 else None)
         self.to_retry: list[Item] = []
         self.unwritable_in_a_row = 0

@@ -14,7 +14,7 @@ with a new ticket; the holder skips the old one without computing it.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 from redis import Redis
 
@@ -29,8 +29,11 @@ MARK_RETRY_S = 10.0  # a reply lost to a Redis blip: asking again is safe (our o
 
 
 class TakeBack:
-    def __init__(self, redis: Redis, namespace: str, run_id: str, round_no: int):
+    def __init__(self, redis: Redis, namespace: str, run_id: str, round_no: int,
+                 say: Callable[[str], None] | None = None, name_of: Callable[[int], str] = str):
         self.redis = redis
+        self.say = say  # one log line per move: which item, from which device to which
+        self.name_of = name_of  # ordinal -> the item's id, for that line
         self.namespace = namespace
         self.run_id = run_id
         self.round_no = round_no
@@ -88,4 +91,7 @@ class TakeBack:
         self.copies[ordinal] = self.copies.get(ordinal, 0) + 1
         self.moved_from.setdefault(ordinal, set()).add(holder)
         self.moves.append((ordinal, holder, to))
+        if self.say is not None:
+            self.say(f"[editbatch] {self.name_of(ordinal)}: taken back from {holder} (held behind its running edit) "
+                     f"for idle {to}")
         return True
