@@ -176,9 +176,15 @@ def test_a_judge_worker_killed_mid_stage_its_items_are_sent_again_and_nothing_an
             proc = subprocess.Popen([sys.executable, "-m", "editbatch", "score", str(folder), "--dataset",
                                      str(dataset), "--config", str(config), "--broker", redis_url],
                                     cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            log = tmp_path / "logs" / "judge-0.log"
+
+            def busy() -> bool:  # worker 0 has an item under way (received, not yet reported): killing it matters
+                text = log.read_text(errors="replace")
+                return text.count("] received") > text.count(": judge-")
+
             deadline = time.monotonic() + 60
-            while sum(server.count(i) for i in ids) < 5 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            while not (sum(server.count(i) for i in ids) >= 5 and busy()) and time.monotonic() < deadline:
+                time.sleep(0.02)
             workers[0].send_signal(signal.SIGKILL)
             workers[0].wait()
             answered = cached_ids(folder / ".scores-cache")
