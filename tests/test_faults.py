@@ -25,13 +25,13 @@ MODES = ["sync", "nosync", "balanced", "window"]
 N = 18
 
 
-def start(tmp_path, image, mode, **schedule):
-    dataset = write_dataset(tmp_path / "data", simple_rows(N, image))
+def start(tmp_path, image, mode, *, n=N, params=None, **schedule):
+    dataset = write_dataset(tmp_path / "data", simple_rows(n, image))
     calls = tmp_path / "calls.jsonl"
     config = write_config(tmp_path / "faults.yaml", name=f"faults-{mode}", dataset={"path": str(dataset)},
                           output_dir=str(tmp_path / "out"),
                           model={"type": "simulated", "path": "sim",
-                                 "params": {"seconds": 0.4, "jitter": 0.2, "call_log": str(calls)}},
+                                 "params": {**(params or {"seconds": 0.4, "jitter": 0.2}), "call_log": str(calls)}},
                           cluster={"broker": "auto", "devices": ["cpu", "cpu", "cpu"]},
                           schedule={"mode": mode, "task_timeout_s": 60, **schedule})
     proc = subprocess.Popen([sys.executable, "-m", "editbatch", "run", str(config)], cwd=REPO,
@@ -138,17 +138,8 @@ def test_producer_killed_while_workers_wait_at_the_barrier(tmp_path, sample_imag
     """Sync mode with cpu1 eight times slower: cpu0 and cpu2 finish batch 0 and wait at its barrier with
     batch 1's tasks. Killed with the producer, Redis goes too; a waiting worker must still exit at once,
     not sit out the barrier's 120 s wait retrying a Redis that is gone."""
-    dataset = write_dataset(tmp_path / "data", simple_rows(9, sample_image))
-    calls = tmp_path / "calls.jsonl"
-    config = write_config(tmp_path / "slow.yaml", name="slow-barrier", dataset={"path": str(dataset)},
-                          output_dir=str(tmp_path / "out"),
-                          model={"type": "simulated", "path": "sim",
-                                 "params": {"seconds": 0.5, "device_speed": [1, 8, 1], "call_log": str(calls)}},
-                          cluster={"broker": "auto", "devices": ["cpu", "cpu", "cpu"]},
-                          schedule={"mode": "sync", "task_timeout_s": 60})
-    out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "editbatch", "run", str(config)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, config, calls, out = start(tmp_path, sample_image, "sync", n=9,
+                                     params={"seconds": 0.5, "device_speed": [1, 8, 1]})
     wait_calls(calls, 3, proc)
     time.sleep(1.5)  # cpu0 and cpu2 are done with batch 0 (0.5 s); cpu1 computes until 4 s
     assert sorted(c["device"] for c in read_jsonl(calls)) == ["cpu0", "cpu1", "cpu2"]  # batch 0 only: two wait

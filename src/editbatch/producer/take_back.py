@@ -41,7 +41,6 @@ class TakeBack:
         self.moved_from: dict[int, set[str]] = {}  # ordinal -> devices it was taken from
         self.begun: set[int] = set()  # its holder marked it started first: it stays there
         self.running_since: dict[str, float] = {}  # device -> when its current edit started
-        self.moves: list[tuple[int, str, str]] = []  # (ordinal, from device, to device), for the log
         self.edits, self.edit_s = 0, 0.0  # edits finished and their total time: the mean edit time
 
     def ticket(self, ordinal: int) -> str:
@@ -90,7 +89,6 @@ class TakeBack:
             return False
         self.copies[ordinal] = self.copies.get(ordinal, 0) + 1
         self.moved_from.setdefault(ordinal, set()).add(holder)
-        self.moves.append((ordinal, holder, to))
         if self.say is not None:
             self.say(f"[editbatch] {self.name_of(ordinal)}: taken back from {holder} (held behind its running edit) "
                      f"for idle {to}")
