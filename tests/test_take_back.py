@@ -96,6 +96,23 @@ def test_a_held_task_behind_a_long_edit_moves_to_an_idle_device(sim_run, sim_clu
     assert len(seen) == 1 and (" skipped: " in seen[0] or "reused, not computed" in seen[0]), seen
 
 
+def test_one_edit_at_a_time_per_device_while_the_last_item_is_written_off_the_device(sim_run, sample_image):
+    """Prefetch 2: a worker's two held tasks take its device in turn (model calls never overlap), and the
+    next one computes while the last one's files are written, committed and reported."""
+    proc, manifest, summary = sim_run(rows=rows("slot", 24, sample_image), mode="balanced",
+                                      params={"seconds": 0.1})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert len(manifest) == 24 and all(r["status"] == "ok" and r["attempts"] == 1 for r in manifest)
+    pairs = []
+    for device in {r["device"] for r in manifest}:
+        done = sorted((r for r in manifest if r["device"] == device), key=lambda r: r["started_at"])
+        pairs += list(zip(done, done[1:]))
+    assert pairs and all(b["started_at"] >= a["finished_at"] for a, b in pairs), \
+        [(a["id"], a["finished_at"], b["id"], b["started_at"]) for a, b in pairs if b["started_at"] < a["finished_at"]]
+    # Before: the next edit began only after the last one reported (its files, commit and result sent).
+    assert any(b["started_at"] < a["reported_at"] for a, b in pairs)
+
+
 def test_sync_mode_with_prefetch_keeps_its_barrier_and_its_devices(sim_run, sim_cluster, sample_image):
     proc, manifest, summary = sim_run(rows=rows("tbsync", 12, sample_image), mode="sync",
                                       params={"seconds": 0.05, "jitter": 0.8})

@@ -351,8 +351,10 @@ def _cmd_worker(args, parser) -> int:
     # The model's own shared queue: workers of another model on this broker never take its items.
     # The plain `shared` queue serves callers of the task contract that name no model.
     queues = [device.queue, shared_queue(model_identity(config.model)), SHARED_QUEUE]
+    # One thread per held task: they take the device one at a time (workers/device_slot.py), and each
+    # finishes its files, commit and ack off the device while the next computes.
     app.worker_main([
-        "worker", "--pool", "threads", "--concurrency", "1", "--prefetch-multiplier", str(config.cluster.prefetch),
+        "worker", "--pool", "threads", "--concurrency", str(config.cluster.prefetch), "--prefetch-multiplier", "1",
         "--queues", ",".join(queues), "--hostname", f"{device.queue}@%h",
         "--without-mingle", "--without-gossip", "--loglevel", args.loglevel,
     ])

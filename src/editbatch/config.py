@@ -77,8 +77,9 @@ class ClusterConfig(_Strict):
     cpu_threads: int = Field(default=1, ge=1, description="torch threads of each CPU worker (fixed, for "
                                                          "outputs that do not depend on the worker count)")
     task_events: bool = Field(default=True, description="send Celery task events (Flower shows tasks live)")
-    prefetch: int = Field(default=2, ge=1, le=8, description="tasks a worker holds: 1 running + (prefetch-1) waiting "
-                                                            "(2: the next task is at hand, no fetch between edits)")
+    prefetch: int = Field(default=2, ge=1, le=8, description="tasks a worker holds, one on the device at a time "
+                                                            "(2: the next task is at hand, no fetch between edits, and "
+                                                            "one item's files are committed while the next computes)")
     ready_timeout_s: float = Field(default=1800.0, gt=0, description="how long the producer waits for every worker")
     restarts: int = Field(default=2, ge=0, description="broker: auto: times a worker that died (or hung) is "
                                                        "started again")

@@ -53,6 +53,16 @@ class Seen:
         """No heartbeat: the process is dead, stopped, hung outside Python or cut off (a failed one still speaks)."""
         return self.record is None
 
+    @property
+    def working(self) -> set[int]:
+        """The items (indexes) this worker works on: on its device or still handing back (workers/activity.py).
+        A record without that list (an older worker) names its one task."""
+        if not self.serving:
+            return set()
+        if "working" in self.record:
+            return set(self.record["working"] or ())
+        return {self.record["task_index"]} if self.record.get("task_index") is not None else set()
+
     def gone(self, pid: int | None = None) -> str | None:
         """Why this worker (or its process `pid`, when given) is gone; None while it lives."""
         if self.record is None:

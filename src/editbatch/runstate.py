@@ -18,6 +18,16 @@ ENDED = "ended"
 CANCELLED = "cancelled"
 OVER = (ENDED, CANCELLED)
 
+# The same rule for a worker's script (tasks/claim.py asks it in the round trip that claims the item):
+# run_over(key) -> the state if the run is over, else false.
+RUN_OVER_LUA = """
+local function run_over(key)
+  local state = redis.call('get', key)
+  if state == '%s' or state == '%s' then return state end
+  return false
+end
+""" % OVER
+
 
 def _key(namespace: str, run_id: str) -> str:
     return keys.run_state(namespace, run_id)
@@ -50,11 +60,19 @@ def mark_over(redis: Redis, namespace: str, run_id: str, state: str) -> None:
         redis.delete(*found)
 
 
-def read(redis: Redis, namespace: str, run_id: str) -> str | None:
-    """`running`, `ended`, `cancelled`, or None for a run Redis does not know (yet, or any more)."""
+def state_key(namespace: str, run_id: str | None) -> str | None:
+    """The key holding the run's state; None for no run or a malformed id (a run nobody can know)."""
     if not run_id or not keys.RUN_ID.match(run_id):
         return None
-    value = redis.get(_key(namespace, run_id))
+    return _key(namespace, run_id)
+
+
+def read(redis: Redis, namespace: str, run_id: str) -> str | None:
+    """`running`, `ended`, `cancelled`, or None for a run Redis does not know (yet, or any more)."""
+    key = state_key(namespace, run_id)
+    if key is None:
+        return None
+    value = redis.get(key)
     return value.decode() if value is not None else None
 
 

@@ -199,8 +199,8 @@ class Dispatcher:
             index = self.index_of[ordinal]
             if device is not None:
                 seen = self.seen.get(device)
-                running = seen.record.get("task_index") if seen is not None and seen.serving else None
-                looks_lost = ordinal in self.started and running != index  # started, then the device moved on
+                working = seen.working if seen is not None else set()
+                looks_lost = ordinal in self.started and index not in working  # started, then the worker moved on
             else:
                 looks_lost = index not in queued  # not held by anyone and not waiting in a queue
             self.suspects[ordinal] = self.suspects.get(ordinal, 0) + 1 if looks_lost else 0

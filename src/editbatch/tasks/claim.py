@@ -21,21 +21,34 @@ from typing import Any
 
 from redis import Redis
 
-from .. import keys, ledger, liveness
+from .. import keys, ledger, liveness, runstate
 from ..leases import Lease
 from ..workers import runtime
-from . import commit
-from .handback import HandBack
+from . import commit, take_back
 from .contract import EditTask
+from .failures import Skipped
+from .handback import HandBack
 
 CLAIM_POLL_S = 0.5
 
-# KEYS: claim, fence, inbox. ARGV: holder, claim TTL, fence TTL, "started" event ('' none).
-# -> {'committed', token} | {'held', token} (ours: new, or a retried call whose reply was lost) | {'busy', holder}
+# KEYS: claim, fence, inbox, run state, the copy's take-back key (unused ones: the claim key, ignored).
+# ARGV: holder, claim TTL, fence TTL, "started" event ('' none), take-back TTL ('' no take-back), '1' to ask
+# whether the run is over.
+# -> {'over', state} | {'taken', 'taken'} | {'committed', token}
+#    | {'held', token} (ours: new, or a retried call whose reply was lost) | {'busy', holder}
+# Everything a task asks before it starts, in one round trip: is its run over (runstate.py's rule), did the
+# producer take this copy back (take_back.py: the copy is marked started here otherwise), then the claim.
 # A new token is the epoch plus one; an item without an epoch (never claimed, or its state lost with a Redis
 # that kept no data) starts from Redis's clock in milliseconds, so no token is ever handed out twice.
 # The claim is where the item becomes this worker's: the producer's "started" event goes out in the same script.
-_TAKE = """
+_TAKE = runstate.RUN_OVER_LUA + take_back.MARK_LUA + """
+if ARGV[6] == '1' then
+  local over = run_over(KEYS[4])
+  if over then return {'over', over} end
+end
+if ARGV[5] ~= '' then
+  if mark(KEYS[5], '%s', ARGV[5]) == '%s' then return {'taken', '%s'} end
+end
 local committed = redis.call('hget', KEYS[2], 'committed')
 if committed then return {'committed', committed} end
 local holder = redis.call('get', KEYS[1])
@@ -49,12 +62,12 @@ else
   local now = redis.call('time')
   token = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 end
-redis.call('hset', KEYS[2], 'epoch', string.format('%d', token))
+redis.call('hset', KEYS[2], 'epoch', string.format('%%d', token))
 redis.call('expire', KEYS[2], ARGV[3])
 redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2])
 if ARGV[4] ~= '' then redis.call('rpush', KEYS[3], ARGV[4]) end
-return {'held', string.format('%d', token)}
-"""
+return {'held', string.format('%%d', token)}
+""" % (take_back.STARTED, take_back.TAKEN, take_back.TAKEN)
 
 
 @dataclass(frozen=True)
@@ -107,21 +120,39 @@ class Busy:
     holder: bytes
 
 
+@dataclass(frozen=True)
+class Checks:
+    """What the claim script asks before the claim: the run's state key, the copy's take-back key."""
+
+    run_state: str | None = None
+    ticket: str | None = None
+
+
 class Claim:
     """One attempt's hold on an item: a renewed lease, and the token it was taken with."""
 
-    def __init__(self, redis: Redis, item: ItemKeys, holder: Holder, started: tuple[str, str] | None = None):
+    def __init__(self, redis: Redis, item: ItemKeys, holder: Holder, started: tuple[str, str] | None = None,
+                 checks: Checks = Checks()):
         self.redis = redis
         self.item = item
         self.holder = holder
         self.lease = Lease(redis, item.claim, holder.dumps(), keys.CLAIM_TTL_S)
         self.token: int | None = None
         self.started = started  # (inbox key, event): pushed when the claim is taken
+        self.checks = checks
 
     def try_take(self) -> Taken | Committed | Busy:
+        """One round trip; Skipped when the run is over or the producer took this copy back."""
         inbox, event = self.started or (self.item.claim, "")
-        kind, value = self.redis.eval(_TAKE, 3, self.item.claim, self.item.fence, inbox, self.lease.owner,
-                                      keys.CLAIM_TTL_S, keys.ITEM_FENCE_TTL_S, event)
+        c, filler = self.checks, self.item.claim
+        kind, value = self.redis.eval(_TAKE, 5, self.item.claim, self.item.fence, inbox, c.run_state or filler,
+                                      c.ticket or filler, self.lease.owner, keys.CLAIM_TTL_S,
+                                      keys.ITEM_FENCE_TTL_S, event, keys.TAKE_BACK_TTL_S if c.ticket else "",
+                                      "1" if c.run_state else "0")
+        if kind == b"over":
+            raise Skipped(f"run {self.holder.run} has ended")
+        if kind == b"taken":
+            raise Skipped("taken back for an idle device", taken_back=True)
         if kind == b"committed":
             return Committed(int(value))
         if kind == b"busy":
@@ -151,25 +182,28 @@ class Claim:
 
 
 def take(task: EditTask, rt: "runtime.WorkerRuntime") -> Claim | dict[str, Any]:
-    """Hold the item's claim (`claim.token` fences this attempt), or return its record if it is done."""
+    """Hold the item's claim (`claim.token` fences this attempt), or return its record if it is done.
+    Skipped (nothing held) when the run is over or the producer took this copy back: asked in the same
+    round trip as the claim, each time it is tried."""
     item = ItemKeys.of(rt.cluster.namespace, task)
     started = (task.report, rt.event_json("started", task.index)) if task.report else None
-    if started:
-        rt.check_key(task.report)
+    checks = Checks(runstate.state_key(rt.cluster.namespace, task.run), take_back.key_of(rt.cluster.namespace, task))
+    for key in (task.report, checks.ticket):
+        if key:
+            rt.check_key(key)
     claim = Claim(rt.redis, item, Holder(rt.device.queue, rt.pid, task.run, task.index, uuid.uuid4().hex[:12]),
-                  started)
+                  started, checks)
     limit = task.wait_timeout_s or 3600.0
     deadline = time.monotonic() + limit
     while True:
-        done = ledger.done_record(task.output_dir, task.id, seed=task.seed, model=task.model)
-        if done is not None:
-            return done
         got = runtime.keep_retrying(claim.try_take)
         if isinstance(got, Taken):
+            # Finished before (an earlier run whose Redis state is gone, or a copy that committed between
+            # our look at Redis and our claim): its record, and the claim goes back at once.
             done = ledger.done_record(task.output_dir, task.id, seed=task.seed, model=task.model)
             if done is None:
                 return claim
-            claim.release()  # finished between our look and our claim
+            claim.release()
             return done
         if isinstance(got, Committed):
             record = runtime.keep_retrying(lambda got=got: commit.committed_record(
@@ -177,8 +211,6 @@ def take(task: EditTask, rt: "runtime.WorkerRuntime") -> Claim | dict[str, Any]:
             if record is not None:
                 return record
             continue  # the commit named files that are gone: claimed afresh
-        if rt.run_ended(task.run):
-            raise RuntimeError(f"run {task.run} ended while another worker held this item")
         runtime.keep_retrying(lambda got=got: claim.free_if_gone(rt.cluster.namespace, got.holder))
         if time.monotonic() > deadline:
             raise TimeoutError(f"another worker held this item for over {limit:g}s")

@@ -138,9 +138,13 @@ def adopt(output_dir: Path, item_id: str, token: int, *, seed: int | None = None
     """
     stem = output_name(item_id).removesuffix(".png")
     older = []
-    for path in (output_dir / layout.ATTEMPTS).glob(f"{stem}.*.json"):
-        mark = path.name[len(stem) + 1:-len(".json")]
-        if mark.isdigit() and int(mark) < token:
+    try:
+        names = os.listdir(output_dir / layout.ATTEMPTS)  # only attempts in flight or left behind: a few
+    except FileNotFoundError:
+        return None
+    for name in names:
+        mark = name[len(stem) + 1:-len(".json")]
+        if name.startswith(stem + ".") and name.endswith(".json") and mark.isdigit() and int(mark) < token:
             older.append(Attempt(output_dir, item_id, int(mark)))
     mine = Attempt(output_dir, item_id, token)
     for orphan in sorted(older, key=lambda a: -a.token):

@@ -1,25 +1,29 @@
 """The `editbatch.edit` Celery task: a short chain of named steps around one item.
 
-Skip a task of a run that is over, and a copy the producer took back for an
-idle device (take_back.py); send on a task for another model; hand back a
-task taken while retiring; then the item's own steps (see steps.py: wait
-for the previous batch, claim, compute, commit, thumbnail); then tell the
-guard, send the item's hand-back (claim release, barrier arrival, result to
-the producer's inbox: one script, see handback.py), and log.
+Send on a task for another model; give back a task taken while the worker
+retires or shuts down; then the item's own steps (see steps.py: wait for
+the previous batch; on the device, claim and compute; then commit and
+thumbnail). A task of a run that is over, or a copy the producer took back
+for an idle device (take_back.py), is skipped when it comes to claim its
+item. Then tell the guard, send the item's hand-back (claim release,
+barrier arrival, result to the producer's inbox: one script, see
+handback.py), and log.
 """
 
 from __future__ import annotations
 
 from celery import shared_task
+from celery.exceptions import Reject
 from celery.utils.log import get_task_logger
 
 from .. import clock
 from ..models import identity
 from ..workers import runtime
-from . import steps, take_back
+from ..workers.device_slot import GiveBack
+from . import steps
 from .contract import TASK_NAME, EditTask
+from .failures import ItemFailed, Skipped, fail_task_if_failed
 from .handback import HandBack
-from .failures import ItemFailed, fail_task_if_failed
 
 log = get_task_logger("editbatch.task")
 
@@ -33,23 +37,28 @@ REDIRECT_PAUSE_S = 2.0
 def edit(self, payload: dict) -> dict:
     task = EditTask.from_payload(payload)
     rt = runtime.current()
-    if rt.run_ended(task.run):
-        log.info("%s: %s skipped: run %s has ended", rt.device.queue, task.id, task.run)
-        return {"id": task.id, "index": task.index, "status": "skipped", "run": task.run}
-    if take_back.taken_back(task, rt):
-        log.info("%s: %s skipped: taken back for an idle device", rt.device.queue, task.id)
-        return {"id": task.id, "index": task.index, "status": "skipped", "taken_back": True, "run": task.run}
-    _redirect_if_other_model(self, task, rt)
-    if rt.guard is not None and rt.guard.retiring:
-        # Taken in the moment before this worker stopped consuming: back to the queue, untouched.
-        raise self.retry(queue=(self.request.delivery_info or {}).get("routing_key"), countdown=0, max_retries=None)
     hand_back = HandBack()
-    result = steps.process(task, rt, hand_back)
-    if rt.guard is not None and rt.guard.task_finished(result["error"]):
-        _stop_consuming(self)
-    result["reported_at"] = clock.now()
-    result["clock_vs_redis_s"] = rt.clock_vs_redis()
     try:
+        try:
+            _redirect_if_other_model(self, task, rt)
+            if rt.guard is not None and rt.guard.retiring:
+                raise GiveBack("this worker is retiring")
+            result = steps.process(task, rt, hand_back)
+        except Skipped as skip:
+            log.info("%s: %s skipped: %s", rt.device.queue, task.id, skip)
+            return {"id": task.id, "index": task.index, "status": "skipped", "run": task.run,
+                    **({"taken_back": True} if skip.taken_back else {})}
+        except GiveBack as leaving:
+            # Taken while this worker stopped taking work: back to its queue, untouched (no new message, no
+            # publish that could wait on a Redis that is gone: the message itself is restored).
+            log.info("%s: %s not started, back to its queue: %s", rt.device.queue, task.id, leaving)
+            if rt.guard is not None and rt.guard.stop_consuming_now():
+                _stop_consuming(self)  # before the message goes back, or this worker takes it again
+            raise Reject(str(leaving), requeue=True) from None
+        if rt.guard is not None and rt.guard.stop_consuming_now():
+            _stop_consuming(self)
+        result["reported_at"] = clock.now()
+        result["clock_vs_redis_s"] = rt.clock_vs_redis()
         if task.report:
             rt.check_key(task.report)
             hand_back.report(task.report, result)
@@ -83,6 +92,8 @@ def _stop_consuming(celery_task) -> None:
 def _redirect_if_other_model(celery_task, task: EditTask, rt: "runtime.WorkerRuntime") -> None:
     if identity.matches(task.model, rt.loaded) or celery_task.request.retries >= MAX_REDIRECTS:
         return  # ours, or redirected too often: `steps.check_model` fails the item with the reason
+    if rt.run_ended(task.run):
+        raise Skipped(f"run {task.run} has ended")
     came_from = (celery_task.request.delivery_info or {}).get("routing_key") or ""
     complete = isinstance(task.model, dict) and set(identity.FIELDS) <= set(task.model)
     to_shared = complete and came_from.startswith("shared")

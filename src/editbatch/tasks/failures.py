@@ -27,6 +27,15 @@ class ItemFailed(Exception):
         return f"ItemFailed({self.args[0]!r})"
 
 
+class Skipped(Exception):
+    """The task is not run at all: its run is over, or the producer took this copy back for an idle device.
+    Nothing is computed, reported or counted; the task returns a `skipped` result."""
+
+    def __init__(self, reason: str, *, taken_back: bool = False):
+        super().__init__(reason)
+        self.taken_back = taken_back
+
+
 def fail_task_if_failed(result: dict[str, Any]) -> dict[str, Any]:
     """Return `result` for an item that went through; raise ItemFailed for one that did not."""
     if result.get("status") != "ok":

@@ -59,6 +59,7 @@ class HandBack:
     index: int | None = None
     inbox: str | None = None
     result: dict[str, Any] | None = field(default=None, repr=False)
+    working: int | None = None  # the item's index, listed as worked on by this worker until sent (activity.py)
 
     def release(self, claim_key: str, holder: str) -> None:
         self.claim_key, self.holder = claim_key, holder

@@ -1,9 +1,11 @@
 """The steps of one item on a worker, after the Celery task has decided to run it here.
 
-`process` reads as the chain: wait for the previous batch, check, claim,
-adopt an attempt left uncommitted or compute (and arrive at once), commit,
-thumbnail, then hand back (release the claim, arrive: one script with the
-result, see handback.py). Each step is a function of the task and
+`process` reads as the chain: check the paths and decode the inputs, wait
+for the previous batch; then, holding the device slot, check the model, claim (with the run's state and the copy's
+take-back mark, in one round trip), and compute (arriving at once) unless an
+attempt left uncommitted can be adopted; then, with the slot passed on to the
+next item, write and commit, thumbnail, and hand back (release the claim,
+arrive: one script with the result, see handback.py). Each step is a function of the task and
 the worker runtime, usable on its own (tests call them against a real Redis
 and a runtime started in-process). The result is the contract's result dict
 (see contract.py); `status` is "ok" only once the image and record are in
@@ -12,11 +14,12 @@ place under their final names.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from PIL import Image
 
@@ -25,10 +28,12 @@ from ..imageio import load_rgb
 from ..models import identity
 from ..models.base import EditRequest
 from ..report.thumbnails import write_item_thumbnails
-from ..workers import runtime
+from ..workers import activity, runtime
+from ..workers.device_slot import GiveBack
 from ..workers.roots import confine
 from . import claim, commit, scoring, sync_point
 from .contract import EditTask
+from .failures import Skipped
 from .handback import HandBack
 
 STOP_POLL_S = 0.5
@@ -49,34 +54,48 @@ class Edited:
 
 def process(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack | None = None) -> dict[str, Any]:
     """Run the item's steps. Its claim release and barrier arrival go into `hand_back` for the caller to send
-    with the result (the Celery task); without one, they are sent here before returning."""
+    with the result (the Celery task); without one, they are sent here before returning. Skipped (nothing
+    done, nothing owed) for a task of a run that is over or a copy taken back; GiveBack for a task that
+    found its worker leaving before it started."""
     result = new_result(task, rt)
     own = hand_back is None
     hand_back = HandBack() if own else hand_back
-    arrived = False
+    arrived = skipped = False
+    held: claim.Claim | None = None
     try:
-        sync_point.wait_for_previous_batch(task, rt)
-        check_model(task, rt)
         check_paths(task, rt)
-        held = claim.take(task, rt)
-        if isinstance(held, dict):  # finished before (an earlier run, or another copy of this task)
-            reuse(held, result)
+        inputs = load_inputs(task, rt)  # decoded while the device still runs the item before
+        sync_point.wait_for_previous_batch(task, rt)
+        with on_device(task, rt, hand_back):
+            check_model(task, rt)
+            got = claim.take(task, rt)
+            if isinstance(got, dict):  # finished before (an earlier run, or another copy of this task)
+                reuse(got, result)
+                return result
+            held = got
+            found = commit.adopt(Path(task.output_dir), task.id, held.token, seed=task.seed, model=task.model,
+                                 folder=task.folder)
+            if found is None:
+                edited = compute(task, rt, inputs, result)
+                arrived = sync_point.arrive_now(task, rt)
+                scoring.score_edit(task, rt, edited.image, result)
+        # Off the device: the next item computes while this one's files are written and committed.
+        if found is None:
+            place(task, rt, held, edited, result)
         else:
-            try:
-                if not adopt(task, rt, held, result):
-                    edited = compute(task, rt, result)
-                    arrived = sync_point.arrive_now(task, rt)
-                    scoring.score_edit(task, rt, edited.image, result)
-                    place(task, rt, held, edited, result)
-            finally:
-                held.hand_over(hand_back)
+            adopt(task, rt, held, found, result)
+    except (Skipped, GiveBack):
+        skipped = True  # not started: no arrival (the copy that runs it arrives)
+        raise
     except commit.WriteFailed as exc:  # a full or read-only disk: one line naming the file is the whole story
         fail(result, str(exc))
     except Exception as exc:  # noqa: BLE001 - one bad item must not stop the worker
         fail(result, f"{exc.__class__.__name__}: {exc}", traceback.format_exc(limit=6))
     finally:
         try:
-            if not arrived:
+            if held is not None:
+                held.hand_over(hand_back)
+            if not (arrived or skipped):
                 sync_point.arrive(task, rt, hand_back)
         finally:
             if own:
@@ -84,9 +103,39 @@ def process(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack | N
     return result
 
 
+@contextlib.contextmanager
+def on_device(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack) -> Iterator[None]:
+    """Hold the device slot (see workers/device_slot.py) for the item's claim, model call and metrics; the
+    watchdog's deadline ends with it, and the guard counts what the turn raised (a broken CUDA context)."""
+    def leaving() -> bool:
+        return runtime.shutting_down.is_set() or (rt.guard is not None and rt.guard.retiring)
+
+    with rt.slot.hold({"task": task.id, "task_index": task.index, "task_run": task.run}, leaving=leaving):
+        activity.begin(task.index)  # listed as this worker's until its hand-back is sent
+        hand_back.working = task.index
+        error, counts = None, True
+        try:
+            yield
+        except Skipped:
+            counts = False  # no edit: tells nothing about the GPU
+            raise
+        except Exception as exc:
+            error = f"{exc.__class__.__name__}: {exc}"
+            raise
+        finally:
+            if rt.guard is not None:
+                rt.guard.edit_finished(task.id, error, counts=counts)
+
+
 def send(rt: "runtime.WorkerRuntime", hand_back: HandBack) -> None:
-    """The item's Redis writes after its files, in one round trip (retried while Redis is away)."""
-    runtime.keep_retrying(lambda: hand_back.send(rt.redis))
+    """The item's Redis writes after its files, in one round trip (retried while Redis is away); then the
+    item is no longer listed as this worker's."""
+    try:
+        runtime.keep_retrying(lambda: hand_back.send(rt.redis))
+    finally:
+        if hand_back.working is not None:
+            activity.end(hand_back.working)
+            hand_back.working = None
 
 
 def new_result(task: EditTask, rt: "runtime.WorkerRuntime") -> dict[str, Any]:
@@ -118,10 +167,13 @@ def check_paths(task: EditTask, rt: "runtime.WorkerRuntime") -> None:
     rt.roots.check_output(commit.Attempt(out, task.id, 0).image)
 
 
-def compute(task: EditTask, rt: "runtime.WorkerRuntime", result: dict[str, Any]) -> Edited:
-    """Load the inputs and run the model; the times of the model call go into `result`."""
-    model = rt.model
-    images = [load_rgb(p, rt.max_pixels) for p in task.images] if model.reads_images else []
+def load_inputs(task: EditTask, rt: "runtime.WorkerRuntime") -> list[Image.Image]:
+    return [load_rgb(p, rt.max_pixels) for p in task.images] if rt.model.reads_images else []
+
+
+def compute(task: EditTask, rt: "runtime.WorkerRuntime", images: list[Image.Image],
+            result: dict[str, Any]) -> Edited:
+    """Run the model on the decoded inputs; the times of the model call go into `result`."""
     params = {**rt.model_config.params, **task.params}
     request = EditRequest(task.id, images, task.instruction, task.seed, params, should_stop=stop_check(task, rt))
     if rt.guard is not None:
@@ -129,23 +181,20 @@ def compute(task: EditTask, rt: "runtime.WorkerRuntime", result: dict[str, Any])
     result["started_at"] = clock.now()
     began = time.monotonic()  # the edit's length on a clock that never steps
     try:
-        out = model.edit(request)
+        out = rt.model.edit(request)
     finally:
         result["finished_at"] = result["started_at"] + (time.monotonic() - began)
     return Edited(out.image, dict(out.info), list(zip(task.images, images)))
 
 
-def adopt(task: EditTask, rt: "runtime.WorkerRuntime", held: claim.Claim, result: dict[str, Any]) -> bool:
-    """Commit a finished attempt left uncommitted by an earlier holder (see commit.adopt) instead of computing."""
-    found = commit.adopt(Path(task.output_dir), task.id, held.token, seed=task.seed, model=task.model,
-                         folder=task.folder)
-    if found is None:
-        return False
+def adopt(task: EditTask, rt: "runtime.WorkerRuntime", held: claim.Claim, found: tuple[commit.Attempt, dict],
+          result: dict[str, Any]) -> None:
+    """Commit a finished attempt left uncommitted by an earlier holder (found by commit.adopt) instead of
+    computing the item."""
     attempt, record = found
     if settle(task, rt, held, attempt, result):
         reuse(record, result)
         result["adopted"] = True
-    return True
 
 
 def place(task: EditTask, rt: "runtime.WorkerRuntime", held: claim.Claim, edited: Edited,
@@ -157,8 +206,6 @@ def place(task: EditTask, rt: "runtime.WorkerRuntime", held: claim.Claim, edited
     done = {**result, "status": "ok", "output": ledger.image_relpath(task.id), "work_s": info.pop("work_s", None),
             "info": info, "attempt": held.token}
     attempt.write(edited.image, {**done, "model": task.model, "run": task.run, "folder": task.folder})
-    if rt.guard is not None:
-        rt.guard.edit_finished()
     if settle(task, rt, held, attempt, result):
         result.update(done)
         # The report's thumbnails, from the images in memory: a report of thousands of items then decodes none.

@@ -12,6 +12,7 @@ from .. import keys, redisconn
 from ..barrier import BatchBarrier
 from ..workers import runtime
 from .contract import EditTask
+from .failures import Skipped
 from .handback import HandBack
 
 DEFAULT_WAIT_S = 3600.0
@@ -26,7 +27,8 @@ def barrier_of(data: dict[str, Any], namespace: str) -> BatchBarrier:
 
 
 def wait_for_previous_batch(task: EditTask, rt: "runtime.WorkerRuntime") -> None:
-    """Return once every item of the previous batch finished; raise when the run ends or time runs out."""
+    """Return once every item of the previous batch finished; Skipped when the run ends first, an error when
+    time runs out or the worker shuts down."""
     if not task.wait_for:
         return
     timeout = task.wait_timeout_s or DEFAULT_WAIT_S
@@ -35,7 +37,7 @@ def wait_for_previous_batch(task: EditTask, rt: "runtime.WorkerRuntime") -> None
         if runtime.shutting_down.is_set():
             raise RuntimeError(f"this worker is shutting down; not started (it waited for batch {barrier.batch})")
         if rt.run_ended(task.run):
-            raise RuntimeError(f"run {task.run} ended while this item waited for batch {barrier.batch}")
+            raise Skipped(f"run {task.run} has ended (this item waited for batch {barrier.batch})")
         raise TimeoutError(f"batch {barrier.batch} did not finish within {timeout:g}s; not started")
 
 

@@ -1,7 +1,11 @@
 """What a worker is doing right now: the item and since when, in its presence record,
 and which items it holds, told to the producer.
 
-`editbatch status` tells busy from idle devices with the presence record.
+`editbatch status` tells busy from idle devices with the presence record
+(written when a task takes or leaves the device slot). The record's
+`working` lists every item whose task took the device and has not handed
+back yet: the one computing and those still writing their files, so the
+producer never takes an item being committed for a lost one.
 The producer learns from a "held" event (sent when a message reaches the
 worker) and a "started" event (sent just before the model call) where each
 item is, so the items of a worker that dies or hangs are rerouted in
@@ -10,9 +14,11 @@ seconds, even from the shared queue where any worker could have taken them.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import Counter
 
-from celery.signals import task_postrun, task_prerun, task_received
+from celery.signals import task_received
 
 from . import runtime
 from ..tasks.contract import TASK_NAME
@@ -25,20 +31,33 @@ def _publish(**fields) -> None:
         pass
 
 
-@task_prerun.connect
-def _busy(sender=None, args=None, **_) -> None:
-    if getattr(sender, "name", None) != TASK_NAME:
-        return
-    payload = (args or [{}])[0] if args else {}
-    _publish(task=payload.get("id") if isinstance(payload, dict) else None,
-             task_index=payload.get("index") if isinstance(payload, dict) else None,
-             task_run=payload.get("run") if isinstance(payload, dict) else None, busy_since=time.time())
+_working: Counter = Counter()  # item index -> tasks of it between the device and their hand-back
+_working_lock = threading.Lock()
 
 
-@task_postrun.connect
-def _idle(sender=None, **_) -> None:
-    if getattr(sender, "name", None) == TASK_NAME:
+def begin(index: int) -> None:
+    """The item's task took the device: it is this worker's until `end`."""
+    with _working_lock:
+        _working[index] += 1
+        _publish(working=sorted(_working))
+
+
+def end(index: int) -> None:
+    """The item's task handed back (its result is with the producer) or was skipped."""
+    with _working_lock:
+        _working[index] -= 1
+        if _working[index] <= 0:
+            del _working[index]
+        _publish(working=sorted(_working))
+
+
+def show_busy(what: dict | None) -> None:
+    """The device slot's holder (workers/device_slot.py), in the presence record: `editbatch status`'s busy
+    or idle. The slot, not Celery's task hooks: a worker runs its held tasks side by side, one on the device."""
+    if what is None:
         _publish(task=None, task_index=None, task_run=None, busy_since=None, idle_since=time.time())
+    else:
+        _publish(**what)
 
 
 @task_received.connect

@@ -43,6 +43,7 @@ class Guard:
         self.sick_after = sick_after
         self.consecutive = 0
         self.retiring = False
+        self._consumers_cancelled = False
         self._lock = threading.Lock()
         self._task: tuple[str, float] | None = None  # item id, deadline (monotonic)
         self._thread = threading.Thread(target=self._watch, name="editbatch-watchdog", daemon=True)
@@ -52,16 +53,17 @@ class Guard:
         with self._lock:
             self._task = (item_id, time.monotonic() + timeout_s) if timeout_s else None
 
-    def edit_finished(self) -> None:
-        """The edit and its files are done: the deadline no longer applies (committing may wait on Redis
-        or on the copy that replaced this one, which is not a stuck edit)."""
+    def edit_finished(self, item_id: str, error: str | None, *, counts: bool = True) -> bool:
+        """The item leaves the device (see tasks/steps.on_device), with the error its turn there raised, if
+        any. The deadline no longer applies (committing may wait on Redis or on the copy that replaced this
+        one, which is not a stuck edit). CUDA-type failures in a row are counted here, before the next held
+        task takes the device: after `sick_after` of them the worker retires (True: retiring now), and that
+        task goes back to its queue instead of failing on a broken context too."""
         with self._lock:
-            self._task = None
-
-    def task_finished(self, error: str | None) -> bool:
-        """Count CUDA-type failures in a row; retire after `sick_after` of them (True: retiring now)."""
-        with self._lock:
-            self._task = None
+            if self._task is not None and self._task[0] == item_id:
+                self._task = None
+            if not counts:
+                return False
             self.consecutive = self.consecutive + 1 if looks_poisoned(error) else 0
             sick = self.sick_after > 0 and self.consecutive >= self.sick_after and not self.retiring
             if sick:
@@ -73,6 +75,14 @@ class Guard:
             # After the task returns and is acknowledged: a warm shutdown returns reserved messages.
             threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
         return sick
+
+    def stop_consuming_now(self) -> bool:
+        """True once, for the first task to end after the worker began to retire: it cancels the queues."""
+        with self._lock:
+            if self.retiring and not self._consumers_cancelled:
+                self._consumers_cancelled = True
+                return True
+            return False
 
     def _watch(self) -> None:
         while True:

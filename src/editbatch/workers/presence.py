@@ -22,11 +22,12 @@ from ..keys import PRESENCE_TTL_S as TTL_S
 class Presence:
     """The worker's record, rewritten by a heartbeat thread until `withdraw`.
 
-    `publish` (task hooks, the guard, model switches) and the beat run on
-    different threads: the record is changed and serialised under one lock,
-    so the beat never writes a record half-updated or fails on a dict that
-    changes while it is read. `withdraw` stops the beat first and deletes
-    after any write in flight, so a withdrawn worker does not come back.
+    `publish` (the device slot, the guard, model switches) and the beat run
+    on different threads: the record is changed and serialised under one
+    lock, so the beat never writes a record half-updated or fails on a dict
+    that changes while it is read. `withdraw` stops the beat first and
+    deletes after any write in flight, so a withdrawn worker does not come
+    back.
     """
 
     def __init__(self, redis: Redis, namespace: str, queue: str, *, beat_redis: Redis | None = None):
@@ -36,30 +37,39 @@ class Presence:
         self._beat_redis = beat_redis or redis
         self.key = keys.worker(namespace, queue)
         self.record: dict[str, Any] = {}
-        self._lock = threading.Lock()  # the record and every SET of it
+        # Two locks, always taken in this order: `_write` around every SET or DEL (so writes land in the order
+        # their records were made), `_lock` around the record alone: `publish_soon` never waits on Redis.
+        self._write = threading.Lock()
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()  # write now (publish_soon, withdraw), not at the next beat
         self._thread: threading.Thread | None = None
 
     def publish(self, **fields: Any) -> None:
-        with self._lock:
-            if self._stop.is_set():
-                return  # withdrawn: the worker is leaving
-            self.record.update(fields)
-            self.redis.set(self.key, json.dumps(self.record), ex=TTL_S)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._beat, name="editbatch-presence", daemon=True)
-                self._thread.start()
+        with self._write:
+            with self._lock:
+                if self._stop.is_set():
+                    return  # withdrawn: the worker is leaving
+                self.record.update(fields)
+                data = json.dumps(self.record)
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._beat, name="editbatch-presence", daemon=True)
+                    self._thread.start()
+            self.redis.set(self.key, data, ex=TTL_S)
 
     def publish_soon(self, **fields: Any) -> None:
-        """Change the record now and let the beat thread write it at once: for the task hooks, so that a
-        worker between two tasks does not wait on Redis for what is only shown (status, the producer's checks)."""
-        if self._thread is None:
-            return self.publish(**fields)  # nothing written yet: no beat to hand it to
+        """Change the record now and let the beat thread write it at once: for the device slot and the
+        guard, so that a worker between two items does not wait on Redis for what is only shown (status,
+        the producer's checks)."""
         with self._lock:
-            if self._stop.is_set():
-                return
-            self.record.update(fields)
+            if self._thread is None:
+                started = False
+            else:
+                started = True
+                if not self._stop.is_set():
+                    self.record.update(fields)
+        if not started:
+            return self.publish(**fields)  # nothing written yet: no beat to hand it to
         self._wake.set()
 
     def snapshot(self) -> dict[str, Any]:
@@ -70,18 +80,21 @@ class Presence:
         while True:
             self._wake.wait(BEAT_S)
             self._wake.clear()
-            with self._lock:
-                if self._stop.is_set():
-                    return
+            with self._write:
+                with self._lock:
+                    if self._stop.is_set():
+                        return
+                    data = json.dumps(self.record)
                 try:
                     # Rewrite rather than expire: the record survives a Redis restart.
-                    self._beat_redis.set(self.key, json.dumps(self.record), ex=TTL_S)
+                    self._beat_redis.set(self.key, data, ex=TTL_S)
                 except Exception:  # noqa: BLE001 - a missed beat is retried on the next one
                     pass
 
     def withdraw(self) -> None:
-        with self._lock:  # waits for a beat or publish in flight; none writes after this
-            self._stop.set()
+        with self._write:  # waits for a beat or publish in flight; none writes after this
+            with self._lock:
+                self._stop.set()
             self._wake.set()
             try:
                 self.redis.delete(self.key)

@@ -23,8 +23,9 @@ from ..devices import Device, parse_device
 from ..models.base import EditModel
 from ..models.identity import model_identity, shared_queue
 from ..models.registry import get_model_class
-from .loading import LoadSlots
+from .device_slot import DeviceSlot
 from .guard import Guard
+from .loading import LoadSlots
 from .presence import Presence
 from .roots import Roots, roots_for
 
@@ -58,13 +59,20 @@ class WorkerRuntime:
     max_pixels: int = 0  # inputs above this many pixels are refused undecoded
     model_slot: int = 0  # this device's position in cluster.devices (the simulated model's speed table)
     guard: Guard | None = None  # watchdog for stuck edits, retirement after repeated CUDA errors
+    slot: DeviceSlot = field(default_factory=DeviceSlot)  # one task at a time on the device (device_slot.py)
     scorers: dict[str, Any] = field(default_factory=dict)  # evaluate spec (JSON) -> its loaded ItemScorer
+    _loaded: tuple[Any, dict[str, Any]] = (None, {})  # (model_config, its identity)
     _clock: tuple[float, float | None] = (float("-inf"), None)  # (measured at, monotonic; this clock vs Redis's)
 
     @property
     def loaded(self) -> dict[str, Any]:
-        """The identity of the model this worker holds now (it changes with a model switch)."""
-        return model_identity(self.model_config)
+        """The identity of the model this worker holds now (it changes with a model switch, which sets a new
+        `model_config`); worked out once per config, not on every task."""
+        config, identity = self._loaded
+        if config is not self.model_config:
+            identity = model_identity(self.model_config)
+            self._loaded = (self.model_config, identity)
+        return identity
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -174,7 +182,8 @@ def start(broker_url: str, device_spec: str, config_path: str | Path) -> WorkerR
     log.info("%s: reads images under %s; writes under %s", name, ", ".join(roots.inputs), ", ".join(roots.outputs))
     _current = WorkerRuntime(device, config.model, config.cluster, model, redis, presence, host, os.getpid(), name,
                              started, finished, roots, config.dataset.max_pixels, model.slot,
-                             Guard(name, presence, sick_after=config.cluster.sick_after))
+                             Guard(name, presence, sick_after=config.cluster.sick_after),
+                             slot=DeviceSlot(on_busy=_show_busy))
     if scorer is not None:
         log.info("%s: scorers %s loaded with the model (in its load slot and load time)", name,
                  ", ".join(scorer.metrics))
@@ -182,6 +191,12 @@ def start(broker_url: str, device_spec: str, config_path: str | Path) -> WorkerR
     # Published so that a coordinator can tell whether the jobs it accepts are within reach of this worker.
     presence.publish(load_finished_at=finished, input_roots=list(roots.inputs), output_roots=list(roots.outputs))
     return _current
+
+
+def _show_busy(what: dict | None) -> None:
+    from .activity import show_busy
+
+    show_busy(what)
 
 
 def _new_scorer(spec: dict[str, Any], device: Device):

@@ -35,6 +35,11 @@ TASK_NAME = "editbatch.switch_model"
 def switch_model(model: dict[str, Any]) -> dict[str, Any]:
     rt = runtime.current()
     new = ModelConfig.model_validate(model)
+    with rt.slot.hold({"task": "switch model"}):  # never while an edit of the model it replaces is on the device
+        return _switch(rt, new)
+
+
+def _switch(rt: "runtime.WorkerRuntime", new: ModelConfig) -> dict[str, Any]:
     old_id, new_id = rt.loaded, identity.model_identity(new)
     if old_id == new_id:
         rt.presence.publish(state="ready")

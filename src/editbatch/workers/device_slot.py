@@ -1,0 +1,78 @@
+"""The device's one slot: a worker runs its prefetched tasks side by side, but one at a time on the GPU.
+
+A worker holds `cluster.prefetch` tasks, each on its own thread of Celery's
+threads pool. Only the holder of this slot touches the model (the claim, the
+model call, the worker-side metrics); the rest of an item (writing and
+fsyncing its files, the commit, thumbnails, the hand-back, Celery's ack) runs
+after the slot is passed on, while the next item already computes. So the
+device is idle between two items only for the slot's hand-over and the next
+item's claim.
+
+The slot is first come, first served: tasks enter in the order the worker
+received them (the order the producer dispatched them). A task waiting here
+has not started: the producer may still take it back (tasks/take_back.py),
+and a worker shutting down or retiring hands it back to its queue instead of
+starting it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import deque
+from typing import Callable, Iterator
+
+
+class GiveBack(Exception):
+    """The worker is leaving: the task waiting for the slot goes back to its queue, not started."""
+
+
+class DeviceSlot:
+    def __init__(self, on_busy: Callable[[dict | None], None] | None = None):
+        self._cond = threading.Condition()
+        self._queue: deque[object] = deque()  # waiting turns, first in first served
+        self._held = False
+        self._on_busy = on_busy  # told what holds the slot (a task's fields), then None when it is free
+        self._changes = 0  # each take and release of the slot, in order (under _cond)
+        self._told = 0  # the latest change told: an older one, told late by another thread, is dropped
+        self._tell_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def hold(self, what: dict | None = None, *, leaving: Callable[[], bool] = lambda: False) -> Iterator[None]:
+        """Wait for the slot (in arrival order) and hold it for the block. GiveBack when `leaving()` is true
+        once the slot is ours: the task is not started."""
+        turn = object()
+        with self._cond:
+            self._queue.append(turn)
+            while self._held or self._queue[0] is not turn:
+                self._cond.wait()
+            self._queue.popleft()
+            self._held = True
+            self._changes += 1
+            taken = self._changes
+        try:
+            if leaving():
+                raise GiveBack("this worker is leaving; not started, back to the queue")
+            self._tell(taken, dict(what or {}, busy_since=time.time()))
+            yield
+        finally:
+            with self._cond:
+                self._held = False
+                self._changes += 1
+                freed, waiting = self._changes, bool(self._queue)
+                self._cond.notify_all()
+            if not waiting:
+                self._tell(freed, None)  # idle; with a task waiting, the next holder tells at once
+
+    def _tell(self, change: int, what: dict | None) -> None:
+        if self._on_busy is None:
+            return
+        with self._tell_lock:
+            if change < self._told:
+                return
+            self._told = change
+            try:
+                self._on_busy(what)
+            except Exception:  # noqa: BLE001 - status is informative; the slot must never fail for it
+                pass
