@@ -24,13 +24,17 @@ class Recording(Redis):
         self.written: list[dict] = []
         self.hold_s = 0.0
         self.in_flight = threading.Event()
+        self.landed = 0
 
     def set(self, name, value, *args, **kwargs):
         self.written.append(json.loads(value))
         if self.hold_s:
             self.in_flight.set()
             time.sleep(self.hold_s)  # the SET is on its way: a slow network, a busy Redis
-        return super().set(name, value, *args, **kwargs)
+        try:
+            return super().set(name, value, *args, **kwargs)
+        finally:
+            self.landed += 1
 
 
 def test_records_written_while_publishing_from_threads_are_whole(redis_url, monkeypatch):
@@ -70,3 +74,34 @@ def test_withdraw_waits_for_a_heartbeat_in_flight_and_the_record_stays_gone(redi
     assert len(client.written) == written  # the heartbeat stopped
     record.publish(state="ready")  # a hook firing late does not bring it back either
     assert client.get(keys.worker("editbatch", "cpu0")) is None
+
+
+def test_the_device_slot_never_waits_on_a_heartbeat_in_flight_and_the_newest_record_lands_last(redis_url, monkeypatch):
+    """`publish_soon` (the device slot's busy/idle, the items worked on) only changes the record: a slow SET
+    of the heartbeat does not hold the next edit back, and what it published is written after that SET."""
+    monkeypatch.setattr(presence_module, "BEAT_S", 0.05)
+    client = Recording.from_url(redis_url)
+    record = Presence(client, "editbatch", "cpu0")
+    record.publish(state="ready", working=[])
+    client.hold_s = 0.5
+    assert client.in_flight.wait(2)  # a heartbeat is writing the record right now
+    landed = client.landed
+    record.publish_soon(task="item-7", working=[7])
+    assert client.landed == landed  # returned while that SET was still on its way
+    client.hold_s = 0.0
+    deadline = time.monotonic() + 5
+    while json.loads(client.get(keys.worker("editbatch", "cpu0")) or b"{}").get("working") != [7]:
+        assert time.monotonic() < deadline, client.written[-3:]
+        time.sleep(0.02)
+    record.withdraw()
+
+
+def test_the_items_a_worker_works_on_as_the_producer_reads_them():
+    """The producer's lost-item check: an item committing while the next computes is still the worker's."""
+    from editbatch.liveness import Seen
+
+    assert Seen("cpu0", {"state": "ready", "task_index": 8, "working": [7, 8]}).working == {7, 8}
+    assert Seen("cpu0", {"state": "ready", "task_index": 8}).working == {8}  # a worker from before the list
+    assert Seen("cpu0", {"state": "ready", "task_index": None}).working == set()
+    assert Seen("cpu0", {"state": "retiring", "working": [7]}).working == set()  # not serving: settled elsewhere
+    assert Seen("cpu0", None).working == set()
