@@ -142,6 +142,16 @@ def as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def unsaved_at(calls, device, log):
+    """What a worker killed or stopped now may have to give up: the edit on its device and, with prefetch 2,
+    the one before it while that one's files were still being written (its worker log, read at the kill,
+    does not show it handed back). The first was always computed again; the second is now too, if the kill
+    came before its attempt's files were written (an attempt on disk is adopted, not computed again)."""
+    mine = [c["id"] for c in read_jsonl(calls) if c["device"] == device]
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return {mine[-1]} | {i for i in mine[-2:-1] if f"{device}: {i} ok in " not in text}
+
+
 def wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
     """Pids still alive after `timeout` seconds."""
     import psutil

@@ -18,8 +18,8 @@ from collections import Counter
 
 import pytest
 
-from .conftest import (REPO, assert_barrier_held, read_jsonl, read_run, run_cli, simple_rows, wait_gone, write_config,
-                       write_dataset)
+from .conftest import (REPO, assert_barrier_held, read_jsonl, read_run, run_cli, simple_rows, unsaved_at, wait_gone,
+                       write_config, write_dataset)
 
 MODES = ["sync", "nosync", "balanced", "window"]
 N = 18
@@ -66,12 +66,6 @@ def check_run(out, calls, mode, *, twice_allowed=()):
     return manifest
 
 
-def running_at(calls, device):
-    """The item a device had started last (by the call log)."""
-    mine = [c for c in read_jsonl(calls) if c["device"] == device]
-    return mine[-1]["id"] if mine else None
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_worker_killed_mid_run(tmp_path, sample_image, mode):
@@ -79,11 +73,11 @@ def test_worker_killed_mid_run(tmp_path, sample_image, mode):
     wait_calls(calls, 5, proc)
     victim = cluster(out)["workers"]["cpu1"]
     os.kill(victim, signal.SIGKILL)
-    hit = running_at(calls, "cpu1")
+    unsaved = unsaved_at(calls, "cpu1", out / "logs" / "worker-cpu1.log")
     stdout, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 0, stdout[-3000:] + stderr[-2000:]
     assert "worker cpu1 exited (code -9); starting it again" in stdout
-    check_run(out, calls, mode, twice_allowed={hit})
+    check_run(out, calls, mode, twice_allowed=unsaved)
     assert wait_gone([cluster(out)["redis_pid"], *cluster(out)["workers"].values(), victim]) == []
 
 
@@ -100,7 +94,7 @@ def test_worker_stopped_mid_run(tmp_path, sample_image, mode):
             break
         time.sleep(0.01)
     os.kill(victim, signal.SIGSTOP)  # alive, silent
-    hit = running_at(calls, "cpu2")
+    unsaved = unsaved_at(calls, "cpu2", out / "logs" / "worker-cpu2.log")
     try:
         stdout, stderr = proc.communicate(timeout=180)
     finally:
@@ -110,7 +104,7 @@ def test_worker_stopped_mid_run(tmp_path, sample_image, mode):
     # Its presence expired: the producer wrote it off, or saw it come back as a new process (the
     # cluster kills a silent worker and starts it again), whichever its next check found.
     assert "cpu2 lost: continuing with 2 devices" in stdout or "cpu2 back: continuing with 3 devices" in stdout
-    check_run(out, calls, mode, twice_allowed={hit})
+    check_run(out, calls, mode, twice_allowed=unsaved)
     assert wait_gone([cluster(out)["redis_pid"], *cluster(out)["workers"].values(), victim]) == []
 
 

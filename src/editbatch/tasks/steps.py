@@ -1,11 +1,12 @@
 """The steps of one item on a worker, after the Celery task has decided to run it here.
 
 `process` reads as the chain: check the paths and decode the inputs, wait
-for the previous batch; then, holding the device slot, check the model, claim (with the run's state and the copy's
-take-back mark, in one round trip), and compute (arriving at once) unless an
-attempt left uncommitted can be adopted; then, with the slot passed on to the
-next item, write and commit, thumbnail, and hand back (release the claim,
-arrive: one script with the result, see handback.py). Each step is a function of the task and
+for the previous batch; then, holding the device slot, check the model,
+claim (with the run's state and the copy's take-back mark, in one round
+trip), and compute (arriving at once) unless an attempt left uncommitted
+can be adopted; then, with the slot passed on to the next item, write and
+commit, thumbnail, and hand back (release the claim, arrive: one script
+with the result, see handback.py). Each step is a function of the task and
 the worker runtime, usable on its own (tests call them against a real Redis
 and a runtime started in-process). The result is the contract's result dict
 (see contract.py); `status` is "ok" only once the image and record are in
@@ -92,6 +93,8 @@ def process(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack | N
     except Exception as exc:  # noqa: BLE001 - one bad item must not stop the worker
         fail(result, f"{exc.__class__.__name__}: {exc}", traceback.format_exc(limit=6))
     finally:
+        if rt.guard is not None:
+            rt.guard.edit_finished(task.id)  # a failed item's deadline, too
         try:
             if held is not None:
                 held.hand_over(hand_back)
@@ -106,25 +109,23 @@ def process(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack | N
 @contextlib.contextmanager
 def on_device(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack) -> Iterator[None]:
     """Hold the device slot (see workers/device_slot.py) for the item's claim, model call and metrics; the
-    watchdog's deadline ends with it, and the guard counts what the turn raised (a broken CUDA context)."""
+    guard counts what the turn raised (a broken CUDA context) as it ends."""
     def leaving() -> bool:
         return runtime.shutting_down.is_set() or (rt.guard is not None and rt.guard.retiring)
 
     with rt.slot.hold({"task": task.id, "task_index": task.index, "task_run": task.run}, leaving=leaving):
         activity.begin(task.index)  # listed as this worker's until its hand-back is sent
         hand_back.working = task.index
-        error, counts = None, True
         try:
             yield
         except Skipped:
-            counts = False  # no edit: tells nothing about the GPU
-            raise
+            raise  # no edit: tells nothing about the GPU
         except Exception as exc:
-            error = f"{exc.__class__.__name__}: {exc}"
-            raise
-        finally:
             if rt.guard is not None:
-                rt.guard.edit_finished(task.id, error, counts=counts)
+                rt.guard.left_device(f"{exc.__class__.__name__}: {exc}")
+            raise
+        if rt.guard is not None:
+            rt.guard.left_device(None)
 
 
 def send(rt: "runtime.WorkerRuntime", hand_back: HandBack) -> None:
@@ -206,6 +207,8 @@ def place(task: EditTask, rt: "runtime.WorkerRuntime", held: claim.Claim, edited
     done = {**result, "status": "ok", "output": ledger.image_relpath(task.id), "work_s": info.pop("work_s", None),
             "info": info, "attempt": held.token}
     attempt.write(edited.image, {**done, "model": task.model, "run": task.run, "folder": task.folder})
+    if rt.guard is not None:
+        rt.guard.edit_finished(task.id)
     if settle(task, rt, held, attempt, result):
         result.update(done)
         # The report's thumbnails, from the images in memory: a report of thousands of items then decodes none.

@@ -45,25 +45,29 @@ class Guard:
         self.retiring = False
         self._consumers_cancelled = False
         self._lock = threading.Lock()
-        self._task: tuple[str, float] | None = None  # item id, deadline (monotonic)
+        self._deadlines: dict[str, float] = {}  # item id -> deadline (monotonic), from its model call to its files
         self._thread = threading.Thread(target=self._watch, name="editbatch-watchdog", daemon=True)
         self._thread.start()
 
     def task_started(self, item_id: str, timeout_s: float | None) -> None:
-        with self._lock:
-            self._task = (item_id, time.monotonic() + timeout_s) if timeout_s else None
+        """The item's model call begins: it and the attempt's files must be done within `timeout_s`."""
+        if timeout_s:
+            with self._lock:
+                self._deadlines[item_id] = time.monotonic() + timeout_s
 
-    def edit_finished(self, item_id: str, error: str | None, *, counts: bool = True) -> bool:
-        """The item leaves the device (see tasks/steps.on_device), with the error its turn there raised, if
-        any. The deadline no longer applies (committing may wait on Redis or on the copy that replaced this
-        one, which is not a stuck edit). CUDA-type failures in a row are counted here, before the next held
-        task takes the device: after `sick_after` of them the worker retires (True: retiring now), and that
-        task goes back to its queue instead of failing on a broken context too."""
+    def edit_finished(self, item_id: str) -> None:
+        """The edit and its files are done (or the item failed): the deadline no longer applies (committing
+        may wait on Redis or on the copy that replaced this one, which is not a stuck edit). The deadline of
+        the item computing meanwhile stays."""
         with self._lock:
-            if self._task is not None and self._task[0] == item_id:
-                self._task = None
-            if not counts:
-                return False
+            self._deadlines.pop(item_id, None)
+
+    def left_device(self, error: str | None) -> bool:
+        """An item leaves the device (see tasks/steps.on_device), with the error its turn there raised, if
+        any. CUDA-type failures in a row are counted here, before the next held task takes the device:
+        after `sick_after` of them the worker retires (True: retiring now), and that task goes back to its
+        queue instead of failing on a broken context too."""
+        with self._lock:
             self.consecutive = self.consecutive + 1 if looks_poisoned(error) else 0
             sick = self.sick_after > 0 and self.consecutive >= self.sick_after and not self.retiring
             if sick:
@@ -88,10 +92,10 @@ class Guard:
         while True:
             time.sleep(CHECK_EVERY_S)
             with self._lock:
-                task = self._task
-            if task is not None and time.monotonic() > task[1]:
+                late = [item for item, deadline in self._deadlines.items() if time.monotonic() > deadline]
+            if late:
                 log.error("%s: item %s ran past its timeout (schedule.task_timeout_s); ending this worker so "
-                          "the item can go elsewhere", self.name, task[0])
+                          "the item can go elsewhere", self.name, late[0])
                 try:
                     self.presence.withdraw()
                 finally:

@@ -62,13 +62,10 @@ class Presence:
         guard, so that a worker between two items does not wait on Redis for what is only shown (status,
         the producer's checks)."""
         with self._lock:
-            if self._thread is None:
-                started = False
-            else:
-                started = True
-                if not self._stop.is_set():
-                    self.record.update(fields)
-        if not started:
+            beating = self._thread is not None
+            if beating and not self._stop.is_set():
+                self.record.update(fields)
+        if not beating:
             return self.publish(**fields)  # nothing written yet: no beat to hand it to
         self._wake.set()
 
