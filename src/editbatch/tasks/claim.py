@@ -181,12 +181,13 @@ class Claim:
         hand_back.release(self.item.claim, self.lease.owner)
 
 
-def take(task: EditTask, rt: "runtime.WorkerRuntime") -> Claim | dict[str, Any]:
+def take(task: EditTask, rt: "runtime.WorkerRuntime", *, announce: bool = True) -> Claim | dict[str, Any]:
     """Hold the item's claim (`claim.token` fences this attempt), or return its record if it is done.
     Skipped (nothing held) when the run is over or the producer took this copy back: asked in the same
-    round trip as the claim, each time it is tried."""
+    round trip as the claim, each time it is tried. With `announce`, the producer's "started" event goes
+    with the claim; without, the caller sends it when the item starts."""
     item = ItemKeys.of(rt.cluster.namespace, task)
-    started = (task.report, rt.event_json("started", task.index)) if task.report else None
+    started = (task.report, rt.event_json("started", task.index)) if task.report and announce else None
     checks = Checks(runstate.state_key(rt.cluster.namespace, task.run), take_back.key_of(rt.cluster.namespace, task))
     for key in (task.report, checks.ticket):
         if key:

@@ -1,10 +1,10 @@
 """The steps of one item on a worker, after the Celery task has decided to run it here.
 
 `process` reads as the chain: check the paths and decode the inputs, wait
-for the previous batch; then, holding the device slot, check the model,
-claim (with the run's state and the copy's take-back mark, in one round
-trip), and compute (arriving at once) unless an attempt left uncommitted
-can be adopted; then, with the slot passed on to the next item, write and
+for the previous batch (in sync mode, claimed before the wait); then,
+holding the device slot, check the model, claim (with the run's state and
+the copy's take-back mark, in one round trip), and compute (arriving at
+once) unless an attempt left uncommitted can be adopted; then, with the slot passed on to the next item, write and
 commit, thumbnail, and hand back (release the claim, arrive: one script
 with the result, see handback.py). Each step is a function of the task and
 the worker runtime, usable on its own (tests call them against a real Redis
@@ -66,16 +66,25 @@ def process(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack | N
     try:
         check_paths(task, rt)
         inputs = load_inputs(task, rt)  # decoded while the device still runs the item before
-        sync_point.wait_for_previous_batch(task, rt)
-        with on_device(task, rt, hand_back):
-            check_model(task, rt)
-            got = claim.take(task, rt)
-            if isinstance(got, dict):  # finished before (an earlier run, or another copy of this task)
+        if task.wait_for:
+            # Sync mode: claimed while the previous batch still runs, so the barrier's opening wakes this item
+            # straight into the slot and the model call; the "started" event goes once it has the slot.
+            got = claim.take(task, rt, announce=False)
+            if isinstance(got, dict):  # finished before: nothing to start, so nothing to wait for
                 reuse(got, result)
                 return result
-            held = got
-            found = commit.adopt(Path(task.output_dir), task.id, held.token, seed=task.seed, model=task.model,
-                                 folder=task.folder)
+            held, found = got, adoptable(task, got)
+            sync_point.wait_for_previous_batch(task, rt)
+        with on_device(task, rt, hand_back):
+            check_model(task, rt)
+            if held is None:
+                got = claim.take(task, rt)
+                if isinstance(got, dict):  # finished before (an earlier run, or another copy of this task)
+                    reuse(got, result)
+                    return result
+                held, found = got, adoptable(task, got)
+            elif task.report:
+                hand_back.told = rt.tell_soon(task.report, "started", task.index)
             if found is None:
                 edited = compute(task, rt, inputs, result)
                 arrived = sync_point.arrive_now(task, rt)
@@ -132,6 +141,8 @@ def send(rt: "runtime.WorkerRuntime", hand_back: HandBack) -> None:
     """The item's Redis writes after its files, in one round trip (retried while Redis is away); then the
     item is no longer listed as this worker's."""
     try:
+        if hand_back.told is not None:
+            hand_back.told.result()  # the item's "started" event first: the producer never sees them reversed
         runtime.keep_retrying(lambda: hand_back.send(rt.redis))
     finally:
         if hand_back.working is not None:
@@ -152,6 +163,12 @@ def fail(result: dict[str, Any], error: str, trace: str | None = None) -> None:
         result["traceback"] = trace
     if result["started_at"] is None:
         result["started_at"] = result["finished_at"] = clock.now()
+
+
+def adoptable(task: EditTask, held: claim.Claim) -> tuple[commit.Attempt, dict] | None:
+    """An attempt at the item left uncommitted by an earlier holder, taken over by this claim (commit.adopt)."""
+    return commit.adopt(Path(task.output_dir), task.id, held.token, seed=task.seed, model=task.model,
+                        folder=task.folder)
 
 
 def check_model(task: EditTask, rt: "runtime.WorkerRuntime") -> None:

@@ -11,6 +11,7 @@ import socket
 import sys
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ class WorkerRuntime:
     scorers: dict[str, Any] = field(default_factory=dict)  # evaluate spec (JSON) -> its loaded ItemScorer
     _loaded: tuple[Any, dict[str, Any]] = (None, {})  # (model_config, its identity)
     _clock: tuple[float, float | None] = (float("-inf"), None)  # (measured at, monotonic; this clock vs Redis's)
+    _outbox: ThreadPoolExecutor | None = None  # pushes events off the task's thread (tell_soon)
 
     @property
     def loaded(self) -> dict[str, Any]:
@@ -119,6 +121,16 @@ class WorkerRuntime:
 
         return json.dumps({"event": kind, "index": index, "device": self.device.queue, "pid": self.pid})
 
+    def tell_soon(self, key: str, kind: str, index: int | None) -> Future:
+        """`event`, pushed by this worker's events thread (retried while Redis is away): for a path that must
+        not wait on a round trip. Wait for the future before anything that must reach the producer after it."""
+        self.check_key(key)
+        event = self.event_json(kind, index)
+        with _outbox_lock:
+            if self._outbox is None:
+                self._outbox = ThreadPoolExecutor(1, thread_name_prefix="editbatch-events")
+        return self._outbox.submit(_push_quietly, self.redis, key, event)
+
     def event(self, key: str, kind: str, index: int | None) -> None:
         """Tell the producer where an item is: one push to the run's inbox ("started" goes with the claim)."""
         self.check_key(key)
@@ -126,6 +138,16 @@ class WorkerRuntime:
             self.redis.rpush(key, self.event_json(kind, index))
         except redisconn.TRANSIENT:
             pass  # a hint only: the producer finds the item by other means
+
+
+_outbox_lock = threading.Lock()
+
+
+def _push_quietly(redis: Redis, key: str, event: str) -> None:
+    try:
+        keep_retrying(lambda: redis.rpush(key, event))
+    except redisconn.TRANSIENT:
+        pass  # a hint only, as in `event`
 
 
 _current: WorkerRuntime | None = None
@@ -178,6 +200,7 @@ def start(broker_url: str, device_spec: str, config_path: str | Path) -> WorkerR
         raise
     log.info("%s: model load finished: %s (%s) loaded in %.2fs", name, config.model.type, config.model.path,
              finished - started)
+    _warm_up()
     roots = roots_for(config)
     log.info("%s: reads images under %s; writes under %s", name, ", ".join(roots.inputs), ", ".join(roots.outputs))
     _current = WorkerRuntime(device, config.model, config.cluster, model, redis, presence, host, os.getpid(), name,
@@ -191,6 +214,21 @@ def start(broker_url: str, device_spec: str, config_path: str | Path) -> WorkerR
     # Published so that a coordinator can tell whether the jobs it accepts are within reach of this worker.
     presence.publish(load_finished_at=finished, input_roots=list(roots.inputs), output_roots=list(roots.outputs))
     return _current
+
+
+def _warm_up() -> None:
+    """Encode and decode a tiny PNG and a thumbnail now: PIL imports its codecs on first use, which took
+    0.2-0.3 s in a busy worker's first item, with the next item's fetch waiting behind it."""
+    import io
+
+    from PIL import Image
+
+    from ..report.thumbnails import encode
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG", compress_level=1)
+    Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    encode(Image.new("RGB", (8, 8)))
 
 
 def _show_busy(what: dict | None) -> None:
