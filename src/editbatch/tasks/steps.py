@@ -1,10 +1,11 @@
 """The steps of one item on a worker, after the Celery task has decided to run it here.
 
-`process` reads as the chain: check the paths and decode the inputs, wait
-for the previous batch (in sync mode, claimed before the wait); then,
-holding the device slot, check the model, claim (with the run's state and
-the copy's take-back mark, in one round trip), and compute (arriving at
-once) unless an attempt left uncommitted can be adopted; then, with the slot passed on to the next item, write and
+`process` reads as the chain: check the paths and decode the inputs; check
+the model and claim (with the run's state and the copy's take-back mark, in
+one round trip): in sync mode before waiting for the previous batch,
+otherwise just before the device is expected to be free; then, holding the
+device slot, compute (arriving at once) unless an attempt left uncommitted
+can be adopted; then, with the slot passed on to the next item, write and
 commit, thumbnail, and hand back (release the claim, arrive: one script
 with the result, see handback.py). Each step is a function of the task and
 the worker runtime, usable on its own (tests call them against a real Redis
@@ -63,32 +64,43 @@ def process(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack | N
     hand_back = HandBack() if own else hand_back
     arrived = skipped = False
     held: claim.Claim | None = None
+    found: tuple[commit.Attempt, dict] | None = None  # an uncommitted attempt this claim takes over
     try:
         check_paths(task, rt)
         inputs = load_inputs(task, rt)  # decoded while the device still runs the item before
+        done: dict[str, Any] | None = None  # the item's record, when it was finished before
+
+        def take_claim(announce: bool) -> None:
+            nonlocal held, found, done
+            check_model(task, rt)
+            got = claim.take(task, rt, announce=announce)
+            if isinstance(got, dict):  # finished before (an earlier run, or another copy of this task)
+                done = got
+                return
+            held, found = got, adoptable(task, got)
+            if announce:
+                working(task, hand_back)  # started: from now on the producer finds it in our presence record
+
         if task.wait_for:
             # Sync mode: claimed while the previous batch still runs, so the barrier's opening wakes this item
             # straight into the slot and the model call; the "started" event goes once it has the slot.
-            got = claim.take(task, rt, announce=False)
-            if isinstance(got, dict):  # finished before: nothing to start, so nothing to wait for
-                reuse(got, result)
-                return result
-            held, found = got, adoptable(task, got)
-            sync_point.wait_for_previous_batch(task, rt)
-        with on_device(task, rt, hand_back):
-            check_model(task, rt)
-            if held is None:
-                got = claim.take(task, rt)
-                if isinstance(got, dict):  # finished before (an earlier run, or another copy of this task)
-                    reuse(got, result)
-                    return result
-                held, found = got, adoptable(task, got)
-            elif task.report:
-                hand_back.told = rt.tell_soon(task.report, "started", task.index)
-            if found is None:
-                edited = compute(task, rt, inputs, result)
-                arrived = sync_point.arrive_now(task, rt)
-                scoring.score_edit(task, rt, edited.image, result)
+            take_claim(announce=False)
+            if done is None:
+                sync_point.wait_for_previous_batch(task, rt)
+        if done is None:
+            # Otherwise claimed just before the edit ahead of it is expected to end (see device_slot.py).
+            with on_device(task, rt, hand_back, prepare=None if task.wait_for else lambda: take_claim(True)):
+                if done is None:
+                    check_model(task, rt)  # a model switch may have come between the claim and the slot
+                    if task.wait_for and task.report:
+                        hand_back.told = rt.tell_soon(task.report, "started", task.index)
+                    if found is None:
+                        edited = compute(task, rt, inputs, result)
+                        arrived = sync_point.arrive_now(task, rt)
+                        scoring.score_edit(task, rt, edited.image, result)
+        if done is not None:
+            reuse(done, result)
+            return result
         # Off the device: the next item computes while this one's files are written and committed.
         if found is None:
             place(task, rt, held, edited, result)
@@ -116,15 +128,16 @@ def process(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack | N
 
 
 @contextlib.contextmanager
-def on_device(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack) -> Iterator[None]:
-    """Hold the device slot (see workers/device_slot.py) for the item's claim, model call and metrics; the
-    guard counts what the turn raised (a broken CUDA context) as it ends."""
+def on_device(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack,
+              prepare: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold the device slot (see workers/device_slot.py) for the item's model call and metrics, `prepare`
+    (the claim) run just before; the guard counts what the turn raised (a broken CUDA context) as it ends."""
     def leaving() -> bool:
         return runtime.shutting_down.is_set() or (rt.guard is not None and rt.guard.retiring)
 
-    with rt.slot.hold({"task": task.id, "task_index": task.index, "task_run": task.run}, leaving=leaving):
-        activity.begin(task.index)  # listed as this worker's until its hand-back is sent
-        hand_back.working = task.index
+    with rt.slot.hold({"task": task.id, "task_index": task.index, "task_run": task.run}, leaving=leaving,
+                      prepare=prepare):
+        working(task, hand_back)
         try:
             yield
         except Skipped:
@@ -135,6 +148,13 @@ def on_device(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack) 
             raise
         if rt.guard is not None:
             rt.guard.left_device(None)
+
+
+def working(task: EditTask, hand_back: HandBack) -> None:
+    """List the item as this worker's until its hand-back is sent (workers/activity.py); once."""
+    if hand_back.working is None:
+        activity.begin(task.index)
+        hand_back.working = task.index
 
 
 def send(rt: "runtime.WorkerRuntime", hand_back: HandBack) -> None:

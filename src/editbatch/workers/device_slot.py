@@ -12,7 +12,9 @@ The slot is first come, first served: tasks enter in the order the worker
 received them (the order the producer dispatched them). A task waiting here
 has not started: the producer may still take it back (tasks/take_back.py),
 and a worker shutting down or retiring hands it back to its queue instead of
-starting it.
+starting it. The next task claims its item shortly before the running edit
+is expected to end (`prepare`), so the claim's round trip is not part of the
+device's gap between two edits; from then on it is started and stays here.
 """
 
 from __future__ import annotations
@@ -29,28 +31,52 @@ class GiveBack(Exception):
 
 
 class DeviceSlot:
+    # How long before the slot is expected to free the next turn prepares (claims its item): a claim's round
+    # trip is 1-10 ms on a loaded host, so it overlaps the running edit instead of following it.
+    PREPARE_S = 0.025
+    TYPICAL_OF = 8  # the expected hold is the median of this many recent ones
+
     def __init__(self, on_busy: Callable[[dict | None], None] | None = None):
         self._cond = threading.Condition()
         self._queue: deque[object] = deque()  # waiting turns, first in first served
         self._held = False
+        self._held_since = 0.0  # monotonic
+        self._recent: deque[float] = deque(maxlen=self.TYPICAL_OF)  # lengths of recent holds, seconds
         self._on_busy = on_busy  # told what holds the slot (a task's fields), then None when it is free
         self._changes = 0  # each take and release of the slot, in order (under _cond)
         self._told = 0  # the latest change told: an older one, told late by another thread, is dropped
         self._tell_lock = threading.Lock()
 
     @contextlib.contextmanager
-    def hold(self, what: dict | None = None, *, leaving: Callable[[], bool] = lambda: False) -> Iterator[None]:
+    def hold(self, what: dict | None = None, *, leaving: Callable[[], bool] = lambda: False,
+             prepare: Callable[[], None] | None = None) -> Iterator[None]:
         """Wait for the slot (in arrival order) and hold it for the block. GiveBack when `leaving()` is true
-        once the slot is ours: the task is not started."""
+        once the slot is ours: the task is not started.
+
+        `prepare` runs first, off the slot, once this turn is next and the holder is expected to leave
+        within PREPARE_S (from the recent holds' median; when the slot is free, at once). If it raises,
+        the turn leaves the queue and the exception propagates."""
         turn = object()
         with self._cond:
             self._queue.append(turn)
-            while self._held or self._queue[0] is not turn:
-                self._cond.wait()
-            self._queue.popleft()
-            self._held = True
-            self._changes += 1
-            taken = self._changes
+        try:
+            if prepare is not None:
+                self._wait_until_due(turn)
+                prepare()
+            with self._cond:
+                while self._held or self._queue[0] is not turn:
+                    self._cond.wait()
+                self._queue.popleft()
+                self._held = True
+                self._held_since = time.monotonic()
+                self._changes += 1
+                taken = self._changes
+        except BaseException:
+            with self._cond:
+                if turn in self._queue:
+                    self._queue.remove(turn)
+                    self._cond.notify_all()
+            raise
         try:
             if leaving():
                 raise GiveBack("this worker is leaving; not started, back to the queue")
@@ -59,11 +85,27 @@ class DeviceSlot:
         finally:
             with self._cond:
                 self._held = False
+                self._recent.append(time.monotonic() - self._held_since)
                 self._changes += 1
                 freed, waiting = self._changes, bool(self._queue)
                 self._cond.notify_all()
             if not waiting:
                 self._tell(freed, None)  # idle; with a task waiting, the next holder tells at once
+
+    def _wait_until_due(self, turn: object) -> None:
+        """Until `turn` is next and the slot is free or expected to be within PREPARE_S."""
+        with self._cond:
+            while True:
+                wait = None
+                if self._queue[0] is turn:
+                    if not self._held:
+                        return
+                    if self._recent:
+                        typical = sorted(self._recent)[len(self._recent) // 2]
+                        wait = self._held_since + typical - self.PREPARE_S - time.monotonic()
+                        if wait <= 0:
+                            return
+                self._cond.wait(wait)
 
     def _tell(self, change: int, what: dict | None) -> None:
         if self._on_busy is None:

@@ -1,0 +1,106 @@
+"""The device slot on its own: one holder at a time, first come first served, and the next turn's
+preparation (its claim) timed to overlap the end of the running hold, never its start."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import pytest
+
+from editbatch.workers.device_slot import DeviceSlot
+
+
+class Queue(deque):
+    """The slot's queue, telling the test when a turn has entered it."""
+
+    entered = threading.Event()
+
+    def append(self, item) -> None:
+        super().append(item)
+        self.entered.set()
+
+
+def new_slot(**kwargs) -> DeviceSlot:
+    slot = DeviceSlot(**kwargs)
+    slot._queue = Queue()
+    return slot
+
+
+def run_turns(slot: DeviceSlot, turns: list[tuple[str, float]], log: list, prepare: bool = True,
+              fail: str | None = None) -> list[threading.Thread]:
+    """Start one thread per (name, hold seconds), in order, each entering the slot's queue before the next."""
+    threads = []
+    for name, seconds in turns:
+        entered = threading.Event()
+
+        def turn(name=name, seconds=seconds, entered=entered):
+            def ready():
+                log.append(("prepare", name, time.monotonic()))
+                if name == fail:
+                    raise LookupError(name)
+
+            try:
+                with slot.hold({"task": name}, prepare=ready if prepare else None):
+                    log.append(("take", name, time.monotonic()))
+                    time.sleep(seconds)
+                    log.append(("leave", name, time.monotonic()))
+            except LookupError:
+                log.append(("gone", name, time.monotonic()))
+
+        t = threading.Thread(target=turn)
+        slot._queue.entered = entered
+        t.start()
+        assert entered.wait(5)
+        threads.append(t)
+    return threads
+
+
+def times(log, kind):
+    return {name: at for k, name, at in log if k == kind}
+
+
+def test_one_holder_at_a_time_in_arrival_order():
+    slot, log = new_slot(), []
+    for t in run_turns(slot, [(f"t{i}", 0.05) for i in range(5)], log, prepare=False):
+        t.join(10)
+    order = [(k, n) for k, n, _ in log]
+    assert order == [(k, f"t{i}") for i in range(5) for k in ("take", "leave")]
+
+
+def test_the_next_turn_prepares_shortly_before_the_holder_is_expected_to_leave():
+    slot, log = new_slot(), []
+    slot.PREPARE_S = 0.15  # wide, so a loaded machine's thread wake-ups cannot blur the order
+    hold_s = 0.6
+    for t in run_turns(slot, [(f"t{i}", hold_s) for i in range(4)], log):
+        t.join(20)
+    prepared, taken, left = times(log, "prepare"), times(log, "take"), times(log, "leave")
+    # The first has no history: it prepares once the slot is free, which it is.
+    assert prepared["t0"] <= taken["t0"]
+    # t1 knows no hold's length yet (t0 is the first): it prepares when the slot frees.
+    assert prepared["t1"] >= left["t0"]
+    for prev, nxt in (("t1", "t2"), ("t2", "t3")):
+        # Known holds of ~0.6 s: the next turn prepares while the holder still holds, not at its start
+        # (a task waiting here is still one the producer may take back).
+        assert taken[prev] + hold_s / 2 < prepared[nxt] < left[prev], log
+        assert taken[nxt] >= left[prev]
+
+
+def test_a_preparation_that_fails_leaves_the_queue_and_the_next_turn_goes_on():
+    slot, log = new_slot(), []
+    for t in run_turns(slot, [("t0", 0.2), ("bad", 0.2), ("t2", 0.05)], log, fail="bad"):
+        t.join(10)
+    kinds = [(k, n) for k, n, _ in log]
+    assert ("gone", "bad") in kinds and ("take", "bad") not in kinds
+    assert kinds.index(("take", "t2")) > kinds.index(("leave", "t0"))
+    assert not slot._queue and not slot._held
+
+
+@pytest.mark.parametrize("prepare", [True, False])
+def test_the_slot_says_busy_and_idle_in_order(prepare):
+    told = []
+    slot = new_slot(on_busy=lambda what: told.append(what and what["task"]))
+    for t in run_turns(slot, [("a", 0.05), ("b", 0.05)], [], prepare=prepare):
+        t.join(10)
+    assert told == ["a", "b", None]
