@@ -29,7 +29,7 @@ def new_slot(**kwargs) -> DeviceSlot:
 
 
 def run_turns(slot: DeviceSlot, turns: list[tuple[str, float]], log: list, prepare: bool = True,
-              fail: str | None = None) -> list[threading.Thread]:
+              fail: str | None = None, group: str | None = None) -> list[threading.Thread]:
     """Start one thread per (name, hold seconds), in order, each entering the slot's queue before the next."""
     threads = []
     for name, seconds in turns:
@@ -42,7 +42,7 @@ def run_turns(slot: DeviceSlot, turns: list[tuple[str, float]], log: list, prepa
                     raise LookupError(name)
 
             try:
-                with slot.hold({"task": name}, prepare=ready if prepare else None):
+                with slot.hold({"task": name}, prepare=ready if prepare else None, group=group):
                     log.append(("take", name, time.monotonic()))
                     time.sleep(seconds)
                     log.append(("leave", name, time.monotonic()))
@@ -85,6 +85,19 @@ def test_the_next_turn_prepares_shortly_before_the_holder_is_expected_to_leave()
         # (a task waiting here is still one the producer may take back).
         assert taken[prev] + hold_s / 2 < prepared[nxt] < left[prev], log
         assert taken[nxt] >= left[prev]
+
+
+def test_holds_of_another_group_say_nothing_of_this_ones_length():
+    # Short edits of one run, then long ones of the next: the next run's second turn must not prepare at its
+    # holder's start from the first run's lengths (a claim taken seconds early, before a cancel it then misses).
+    slot, log = new_slot(), []
+    for t in run_turns(slot, [(f"a{i}", 0.02) for i in range(3)], log, group="run-a"):
+        t.join(10)
+    for t in run_turns(slot, [("b0", 0.5), ("b1", 0.5), ("b2", 0.5)], log, group="run-b"):
+        t.join(10)
+    prepared, taken, left = times(log, "prepare"), times(log, "take"), times(log, "leave")
+    assert prepared["b1"] >= left["b0"]  # no hold of run-b known yet: once the slot is free
+    assert taken["b1"] + 0.25 < prepared["b2"] < left["b1"]  # one known: shortly before b1 is expected to end
 
 
 def test_a_preparation_that_fails_leaves_the_queue_and_the_next_turn_goes_on():

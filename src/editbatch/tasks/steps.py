@@ -5,7 +5,8 @@ the model and claim (with the run's state and the copy's take-back mark, in
 one round trip): in sync mode before waiting for the previous batch,
 otherwise just before the device is expected to be free; then, holding the
 device slot, compute (arriving at once) unless an attempt left uncommitted
-can be adopted; then, with the slot passed on to the next item, write and
+can be adopted (asking first whether the run is over, unless the claim
+asked moments ago); then, with the slot passed on to the next item, write and
 commit, thumbnail, and hand back (release the claim, arrive: one script
 with the result, see handback.py). Each step is a function of the task and
 the worker runtime, usable on its own (tests call them against a real Redis
@@ -39,6 +40,9 @@ from .failures import Skipped
 from .handback import HandBack
 
 STOP_POLL_S = 0.5
+# A claim asks whether the run is over; an edit that starts later than this after it asks again first (the
+# claim may come well before the device is free: a sync barrier, an edit running longer than its peers).
+RUN_ASKED_FRESH_S = 0.05
 # A copy that lost its claim (its worker was judged gone) waits this long at most for the copy that replaced it.
 SUPERSEDED_WAIT_S = 60.0
 REUSED_FIELDS = ("status", "output", "started_at", "finished_at", "work_s", "info", "device", "worker", "host",
@@ -69,11 +73,13 @@ def process(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack | N
         check_paths(task, rt)
         inputs = load_inputs(task, rt)  # decoded while the device still runs the item before
         done: dict[str, Any] | None = None  # the item's record, when it was finished before
+        asked_at = 0.0  # when the run was last found not over (monotonic)
 
         def take_claim(announce: bool) -> None:
-            nonlocal held, found, done
+            nonlocal held, found, done, asked_at
             check_model(task, rt)
             got = claim.take(task, rt, announce=announce)
+            asked_at = time.monotonic()
             if isinstance(got, dict):  # finished before (an earlier run, or another copy of this task)
                 done = got
                 return
@@ -95,7 +101,11 @@ def process(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack | N
                     if task.wait_for and task.report:
                         hand_back.told = rt.tell_soon(task.report, "started", task.index)
                     if found is None:
-                        edited = compute(task, rt, inputs, result)
+                        if time.monotonic() - asked_at > RUN_ASKED_FRESH_S:
+                            if rt.run_ended(task.run):  # cancelled since the claim: not started
+                                raise Skipped(f"run {task.run} has ended (after this item's claim, before its edit)")
+                            asked_at = time.monotonic()
+                        edited = compute(task, rt, inputs, result, asked_at)
                         arrived = sync_point.arrive_now(task, rt)
                         scoring.score_edit(task, rt, edited.image, result)
         if done is not None:
@@ -136,7 +146,7 @@ def on_device(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack,
         return runtime.shutting_down.is_set() or (rt.guard is not None and rt.guard.retiring)
 
     with rt.slot.hold({"task": task.id, "task_index": task.index, "task_run": task.run}, leaving=leaving,
-                      prepare=prepare):
+                      prepare=prepare, group=task.run):
         working(task, hand_back)
         try:
             yield
@@ -210,10 +220,12 @@ def load_inputs(task: EditTask, rt: "runtime.WorkerRuntime") -> list[Image.Image
 
 
 def compute(task: EditTask, rt: "runtime.WorkerRuntime", images: list[Image.Image],
-            result: dict[str, Any]) -> Edited:
-    """Run the model on the decoded inputs; the times of the model call go into `result`."""
+            result: dict[str, Any], asked_at: float) -> Edited:
+    """Run the model on the decoded inputs; the times of the model call go into `result`. The run was found
+    not over at `asked_at` (monotonic)."""
     params = {**rt.model_config.params, **task.params}
-    request = EditRequest(task.id, images, task.instruction, task.seed, params, should_stop=stop_check(task, rt))
+    request = EditRequest(task.id, images, task.instruction, task.seed, params,
+                          should_stop=stop_check(task, rt, asked_at))
     if rt.guard is not None:
         rt.guard.task_started(task.id, task.timeout_s)
     result["started_at"] = clock.now()
@@ -291,12 +303,10 @@ def reuse(record: dict[str, Any], result: dict[str, Any]) -> None:
     result["computed_in_run"] = record.get("run")
 
 
-def stop_check(task: EditTask, rt: "runtime.WorkerRuntime") -> Callable[[], bool]:
-    """`should_stop` for the adapter: asks Redis at most every STOP_POLL_S seconds.
-
-    The task asked when it began, moments ago: the first question waits a poll
-    interval, unless the task waited at a barrier first (for any length of time)."""
-    state = {"at": 0.0 if task.wait_for else time.monotonic(), "stop": False}
+def stop_check(task: EditTask, rt: "runtime.WorkerRuntime", asked_at: float) -> Callable[[], bool]:
+    """`should_stop` for the adapter: asks Redis at most every STOP_POLL_S seconds, the first time that long
+    after the run was last found not over (`asked_at`, monotonic: moments before the edit began)."""
+    state = {"at": asked_at, "stop": False}
 
     def should_stop() -> bool:
         now = time.monotonic()

@@ -15,6 +15,8 @@ and a worker shutting down or retiring hands it back to its queue instead of
 starting it. The next task claims its item shortly before the running edit
 is expected to end (`prepare`), so the claim's round trip is not part of the
 device's gap between two edits; from then on it is started and stays here.
+The expected end comes from recent holds of the same group (the run): the
+edits of another run, or another model, say nothing about this one's.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class DeviceSlot:
         self._held = False
         self._held_since = 0.0  # monotonic
         self._recent: deque[float] = deque(maxlen=self.TYPICAL_OF)  # lengths of recent holds, seconds
+        self._recent_group: object = None  # ...all of this group
+        self._held_group: object = None
         self._on_busy = on_busy  # told what holds the slot (a task's fields), then None when it is free
         self._changes = 0  # each take and release of the slot, in order (under _cond)
         self._told = 0  # the latest change told: an older one, told late by another thread, is dropped
@@ -49,13 +53,14 @@ class DeviceSlot:
 
     @contextlib.contextmanager
     def hold(self, what: dict | None = None, *, leaving: Callable[[], bool] = lambda: False,
-             prepare: Callable[[], None] | None = None) -> Iterator[None]:
+             prepare: Callable[[], None] | None = None, group: object = None) -> Iterator[None]:
         """Wait for the slot (in arrival order) and hold it for the block. GiveBack when `leaving()` is true
         once the slot is ours: the task is not started.
 
         `prepare` runs first, off the slot, once this turn is next and the holder is expected to leave
-        within PREPARE_S (from the recent holds' median; when the slot is free, at once). If it raises,
-        the turn leaves the queue and the exception propagates."""
+        within PREPARE_S (from the median of recent holds of the holder's `group`; when the slot is free,
+        at once; with no such holds, once it is free). If it raises, the turn leaves the queue and the
+        exception propagates."""
         turn = object()
         with self._cond:
             self._queue.append(turn)
@@ -69,8 +74,11 @@ class DeviceSlot:
                 self._queue.popleft()
                 self._held = True
                 self._held_since = time.monotonic()
+                self._held_group = group
                 self._changes += 1
                 taken = self._changes
+                if self._queue:
+                    self._cond.notify_all()  # the turn now next times its preparation from this hold
         except BaseException:
             with self._cond:
                 if turn in self._queue:
@@ -85,6 +93,9 @@ class DeviceSlot:
         finally:
             with self._cond:
                 self._held = False
+                if group != self._recent_group:
+                    self._recent.clear()
+                    self._recent_group = group
                 self._recent.append(time.monotonic() - self._held_since)
                 self._changes += 1
                 freed, waiting = self._changes, bool(self._queue)
@@ -100,7 +111,7 @@ class DeviceSlot:
                 if self._queue[0] is turn:
                     if not self._held:
                         return
-                    if self._recent:
+                    if self._recent and self._held_group == self._recent_group:
                         typical = sorted(self._recent)[len(self._recent) // 2]
                         wait = self._held_since + typical - self.PREPARE_S - time.monotonic()
                         if wait <= 0:
