@@ -53,9 +53,10 @@ def make_app(broker_url: str, *, visibility_timeout_s: float = DEFAULT_VISIBILIT
         task_default_queue=SHARED_QUEUE,
         # A job sent without a queue (Flower's send-task, a bare send_task) goes to the coordinator.
         task_routes={"editbatch.job": {"queue": "jobs"}},
-        # Task events feed Flower; they cost a publish per task and state change.
+        # Task events feed Flower; a worker sends them at most every 0.1 s (workers/consumer.py).
         worker_send_task_events=task_events,
         task_send_sent_event=task_events,
+        worker_consumer="editbatch.workers.consumer:Consumer",  # task events sent in batches
         broker_connection_retry_on_startup=True,
         # Overnight runs: reconnect to a restarted Redis for as long as it takes (the default gives up
         # after 100 tries), and keep retrying a publish through a restart instead of failing the run.
