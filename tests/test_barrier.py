@@ -148,3 +148,27 @@ def test_one_arrival_wakes_every_waiter_at_once_and_a_token_is_never_used_up(red
         t.join(5)
     assert len(woke) == 4 and max(woke) - opened < 1.0  # not a 2 s slice later
     assert tokens(client, batch) == 1 and batch.wait(client, timeout_s=0.5)  # a redelivered copy passes too
+
+
+def test_the_wake_reads_a_key_as_the_batch_opens_after_waits_past_the_slice(redis_url):
+    # Sync mode reads the run's state in the round trip that wakes an item: a run cancelled while the item
+    # waited (here for several blocking slices) is seen before the item starts.
+    batch = BatchBarrier(PREFIX, 7, parties=1, waiters=2)
+    client = redisconn.connect(redis_url)
+    client.set("editbatch:run:t:state", "running")
+    got: list[tuple[bool, bytes | None]] = []
+    waiter = threading.Thread(target=lambda: got.append(
+        batch.wait_reading(redisconn.connect(redis_url), 30, "editbatch:run:t:state")))
+    waiter.start()
+    time.sleep(redisconn.BLOCK_SLICE_S * 3)
+    assert got == []
+    client.set("editbatch:run:t:state", "cancelled")
+    batch.arrive(client, 0)
+    waiter.join(10)
+    assert got == [(True, b"cancelled")]
+    # Opened already: the token and the key come back at once; without a key, only the token.
+    assert batch.wait_reading(client, 1, "editbatch:run:t:state") == (True, b"cancelled")
+    assert batch.wait_reading(client, 1, None) == (True, None)
+    # Its tokens lost (a Redis restart): found open by the set's size, the key read on its own.
+    client.delete(batch.open_key)
+    assert batch.wait_reading(client, 1, "editbatch:run:t:state") == (True, b"cancelled")

@@ -144,9 +144,12 @@ def test_a_poison_item_that_kills_workers_ends_failed_and_the_run_finishes(tmp_p
     assert Counter(c["id"] for c in read_jsonl(calls))["item-004"] == 2
 
 
-def test_cancel_stops_the_run_and_its_running_edits(tmp_path, sim_cluster, sample_image):
+@pytest.mark.parametrize("mode", ["balanced", "sync"])
+def test_cancel_stops_the_run_and_its_running_edits(tmp_path, sim_cluster, sample_image, mode):
+    # Balanced: the next tasks claimed their items before the cancel (shortly before the running edits were
+    # expected to end); sync: the next batch claimed its items and waits at the barrier. Neither starts.
     config, calls = config_for(tmp_path, sample_image, n=12, broker=sim_cluster["url"],
-                               devices=("cpu", "cpu", "cpu"), mode="balanced", params={"seconds": 3.0})
+                               devices=("cpu", "cpu", "cpu"), mode=mode, params={"seconds": 3.0})
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "editbatch", "run", str(config)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -71,6 +71,20 @@ def blpeek(redis: Redis, key: str, timeout_s: float, *, stop: Callable[[], bool]
     return _sliced(lambda slice_s: redis.blmove(key, key, slice_s, "LEFT", "RIGHT"), timeout_s, stop)
 
 
+def blpeek_get(redis: Redis, key: str, get_key: str, timeout_s: float, *,
+               stop: Callable[[], bool] | None = None) -> tuple[bytes, bytes | None] | None:
+    """`blpeek`, and the value of `get_key` as the wait ends, in the same round trip: Redis runs a blocked
+    client's next pipelined command only once the blocking one returns. (element, value), or None."""
+    def call(slice_s: float):
+        pipe = redis.pipeline(transaction=False)
+        pipe.blmove(key, key, slice_s, "LEFT", "RIGHT")
+        pipe.get(get_key)
+        got, value = pipe.execute()
+        return None if got is None else (got, value)
+
+    return _sliced(call, timeout_s, stop)
+
+
 def _sliced(call: Callable[[float], object], timeout_s: float, stop: Callable[[], bool] | None):
     deadline = time.monotonic() + max(0.0, timeout_s)
     while True:

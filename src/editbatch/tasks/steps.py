@@ -40,8 +40,8 @@ from .failures import Skipped
 from .handback import HandBack
 
 STOP_POLL_S = 0.5
-# A claim asks whether the run is over; an edit that starts later than this after it asks again first (the
-# claim may come well before the device is free: a sync barrier, an edit running longer than its peers).
+# A claim asks whether the run is over (so does a sync barrier's opening); an edit that starts later than this
+# after the last answer asks again first (an edit ahead of it may run longer than its peers).
 RUN_ASKED_FRESH_S = 0.05
 # A copy that lost its claim (its worker was judged gone) waits this long at most for the copy that replaced it.
 SUPERSEDED_WAIT_S = 60.0
@@ -93,6 +93,7 @@ def process(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack | N
             take_claim(announce=False)
             if done is None:
                 sync_point.wait_for_previous_batch(task, rt)
+                asked_at = time.monotonic()  # the run's state came with the barrier's opening
         if done is None:
             # Otherwise claimed just before the edit ahead of it is expected to end (see device_slot.py).
             with on_device(task, rt, hand_back, prepare=None if task.wait_for else lambda: take_claim(True)):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import keys, redisconn
+from .. import keys, redisconn, runstate
 from ..barrier import BatchBarrier
 from ..workers import runtime
 from .contract import EditTask
@@ -27,18 +27,24 @@ def barrier_of(data: dict[str, Any], namespace: str) -> BatchBarrier:
 
 
 def wait_for_previous_batch(task: EditTask, rt: "runtime.WorkerRuntime") -> None:
-    """Return once every item of the previous batch finished; Skipped when the run ends first, an error when
-    time runs out or the worker shuts down."""
+    """Return once every item of the previous batch finished and the run is not over (read in the round trip
+    that wakes this item); Skipped when the run ends first, an error when time runs out or the worker shuts
+    down."""
     if not task.wait_for:
         return
     timeout = task.wait_timeout_s or DEFAULT_WAIT_S
     barrier = barrier_of(task.wait_for, rt.cluster.namespace)
-    if not barrier.wait(rt.redis, timeout, stop=lambda: runtime.shutting_down.is_set() or rt.run_ended(task.run)):
+    opened, state = barrier.wait_reading(
+        rt.redis, timeout, runstate.state_key(rt.cluster.namespace, task.run),
+        stop=lambda: runtime.shutting_down.is_set() or rt.run_ended(task.run))
+    if not opened:
         if runtime.shutting_down.is_set():
             raise RuntimeError(f"this worker is shutting down; not started (it waited for batch {barrier.batch})")
         if rt.run_ended(task.run):
             raise Skipped(f"run {task.run} has ended (this item waited for batch {barrier.batch})")
         raise TimeoutError(f"batch {barrier.batch} did not finish within {timeout:g}s; not started")
+    if runstate.says_over(state):
+        raise Skipped(f"run {task.run} has ended (found as batch {barrier.batch} finished)")
 
 
 def arrive_now(task: EditTask, rt: "runtime.WorkerRuntime") -> bool:
