@@ -109,14 +109,19 @@ def main(argv=None) -> int:
                       f"{'yes' if whole and os.waitstatus_to_exitcode(status) == 0 else 'NO'} |",
                       flush=True)
                 print(f"<!-- {mode} producer peak RSS per step: "
-                      + ", ".join(f"{k} {v:.0f} MB" for k, v in steps[-1][1].items()) + " -->", flush=True)
+                      + ", ".join(f"{k} {mb(v)}" for k, v in steps[-1][1].items()) + " -->", flush=True)
             print("\nproducer peak RSS per step (MB):")
             print("| mode     | dispatch | manifest rewrite | summary | report | whole command |")
             print("|----------|---------:|-----------------:|--------:|-------:|--------------:|")
             names = ("dispatch", "manifest rewrite", "summary", "report", "whole")
             for mode, s in steps:
-                print(f"| {mode:<8} | " + " | ".join(f"{s.get(k, 0):.0f}" for k in names) + " |")
+                print(f"| {mode:<8} | " + " | ".join(mb(s.get(k), unit=False) for k in names) + " |")
     return 0
+
+
+def mb(value: float | None, unit: bool = True) -> str:
+    """A step too short for any 50 ms sample to fall in it (small runs) reads "-", not 0."""
+    return "-" if value is None else f"{value:.0f}" + (" MB" if unit else "")
 
 
 class RssTrace:
@@ -159,7 +164,7 @@ class RssTrace:
         elif text.startswith(("Report:", "Report not written")):
             self.marks["report"] = time.time()
 
-    def steps(self, manifest: Path) -> dict[str, float]:
+    def steps(self, manifest: Path) -> dict[str, float | None]:
         """Peak MB in each step: until the last result was reported, then until each mark."""
         last = 0.0
         with manifest.open() as fh:
@@ -168,9 +173,9 @@ class RssTrace:
         bounds = [("dispatch", last + 0.5)] + sorted(self.marks.items(), key=lambda kv: kv[1])
         out, begin = {}, 0.0
         for name, end in bounds:
-            out[name] = max((r for t, r in self.samples if begin <= t <= end), default=0.0)
+            out[name] = max((r for t, r in self.samples if begin <= t <= end), default=None)
             begin = end
-        out["whole"] = max((r for _, r in self.samples), default=0.0)
+        out["whole"] = max((r for _, r in self.samples), default=None)
         return out
 
 
