@@ -11,7 +11,6 @@ from collections import defaultdict
 
 from redis import Redis
 
-from editbatch.workers.consumer import FLUSH_S
 
 
 def decode(raw: bytes) -> list[dict]:
