@@ -204,12 +204,13 @@ class Run:
                        visibility_timeout_s=visibility_timeout(self.config))
         Submitter(app, None).connect()  # before the clock starts: connection set-up is not per-run dispatch cost
         self.progress.start()
+        cancelled = self.cancel_check(redis, plan.run_id)
         watch = RunWatch(redis, self.ns, plan.run_id, plan.out_dir, seeds=plan.seeds,
                          ids={i.index: i.id for i in plan.items}, model=plan.model_id,
                          shared=shared_queue(plan.model_id))
         ctx = RunContext(self.config, plan.run_id, plan.folder_id, plan.out_dir, redis, app,
                          ResultInbox(redis, keys.results(self.ns, plan.run_id)), watch, self.progress,
-                         recorder, plan.seeds, plan.model_id, should_stop=self.cancel_check(redis, plan.run_id),
+                         recorder, plan.seeds, plan.model_id, should_stop=cancelled,
                          stopping=lambda: self.stopped is not None, on_change=lambda: self.report_progress(recorder),
                          on_device=self.device_changed)
         live, items = list(self.devices), plan.todo
@@ -227,6 +228,10 @@ class Run:
                 break
             self.progress.say(f"Round {len(rounds) + 1}: {len(items)} item(s) again on {len(live)} device(s) "
                               f"({', '.join(live)}; schedule.retries={sched.retries})")
+        # Workers skip a cancelled run's items as soon as they see the cancel, so the last ones may settle
+        # before this producer's next look (once a second): the run's state in Redis decides how it ended.
+        if cancelled(fresh=True):
+            raise RunCancelled("run cancelled (editbatch cancel); finished items are kept")
 
     def live_devices(self, watch: RunWatch, cluster: ClusterHandle) -> list[str]:
         """Devices whose worker serves now; waits a while for restarted workers to finish loading."""
@@ -331,14 +336,15 @@ class Run:
         self.progress.say(f"{queue} {'lost' if remaining >= 0 else 'back'}: continuing with {n} "
                           f"device{'s' if n != 1 else ''}")
 
-    def cancel_check(self, redis, run_id: str) -> Callable[[], bool]:
-        """True once the run was cancelled (`editbatch cancel`, a job's cancel; asked at most once a second)."""
+    def cancel_check(self, redis, run_id: str) -> Callable[..., bool]:
+        """True once the run was cancelled (`editbatch cancel`, a job's cancel; asked at most once a second,
+        or now with `fresh`)."""
         state = {"at": 0.0, "cancelled": False}
 
-        def check() -> bool:
+        def check(fresh: bool = False) -> bool:
             if self.should_stop is not None and self.should_stop():
                 return True
-            if state["cancelled"] or time.monotonic() - state["at"] < CANCEL_CHECK_S:
+            if state["cancelled"] or (not fresh and time.monotonic() - state["at"] < CANCEL_CHECK_S):
                 return state["cancelled"]
             state["at"] = time.monotonic()
             try:

@@ -40,7 +40,8 @@ CLAIM_POLL_S = 0.5
 # producer take this copy back (take_back.py: the copy is marked started here otherwise), then the claim.
 # A new token is the epoch plus one; an item without an epoch (never claimed, or its state lost with a Redis
 # that kept no data) starts from Redis's clock in milliseconds, so no token is ever handed out twice.
-# The claim is where the item becomes this worker's: the producer's "started" event goes out in the same script.
+# With `announce` the producer's "started" event goes out in the same script; the edit task sends it itself once
+# the item has the device (a claim may be made ahead of that, see tasks/steps.py).
 _TAKE = runstate.RUN_OVER_LUA + take_back.MARK_LUA + """
 if ARGV[6] == '1' then
   local over = run_over(KEYS[4])

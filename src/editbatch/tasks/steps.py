@@ -75,37 +75,38 @@ def process(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack | N
         done: dict[str, Any] | None = None  # the item's record, when it was finished before
         asked_at = 0.0  # when the run was last found not over (monotonic)
 
-        def take_claim(announce: bool) -> None:
+        def take_claim() -> None:
             nonlocal held, found, done, asked_at
             check_model(task, rt)
-            got = claim.take(task, rt, announce=announce)
+            got = claim.take(task, rt, announce=False)  # "started" goes once the item has the slot, below
             asked_at = time.monotonic()
             if isinstance(got, dict):  # finished before (an earlier run, or another copy of this task)
                 done = got
                 return
             held, found = got, adoptable(task, got)
-            if announce:
-                working(task, hand_back)  # started: from now on the producer finds it in our presence record
 
         if task.wait_for:
             # Sync mode: claimed while the previous batch still runs, so the barrier's opening wakes this item
-            # straight into the slot and the model call; the "started" event goes once it has the slot.
-            take_claim(announce=False)
+            # straight into the slot and the model call.
+            take_claim()
             if done is None:
                 sync_point.wait_for_previous_batch(task, rt)
                 asked_at = time.monotonic()  # the run's state came with the barrier's opening
         if done is None:
             # Otherwise claimed just before the edit ahead of it is expected to end (see device_slot.py).
-            with on_device(task, rt, hand_back, prepare=None if task.wait_for else lambda: take_claim(True)):
+            with on_device(task, rt, hand_back, prepare=None if task.wait_for else take_claim):
                 if done is None:
                     check_model(task, rt)  # a model switch may have come between the claim and the slot
-                    if task.wait_for and task.report:
+                    if found is None and time.monotonic() - asked_at > RUN_ASKED_FRESH_S:
+                        if rt.run_ended(task.run):  # cancelled since the claim: not started
+                            raise Skipped(f"run {task.run} has ended (after this item's claim, before its edit)")
+                        asked_at = time.monotonic()
+                    if task.report:
+                        # Started from here, not from the claim: an item claimed ahead whose worker dies or
+                        # leaves before the slot comes (an edit hung ahead of it) is still one the producer
+                        # waits for, not one it counts as lost. Pushed off this thread; the hand-back waits.
                         hand_back.told = rt.tell_soon(task.report, "started", task.index)
                     if found is None:
-                        if time.monotonic() - asked_at > RUN_ASKED_FRESH_S:
-                            if rt.run_ended(task.run):  # cancelled since the claim: not started
-                                raise Skipped(f"run {task.run} has ended (after this item's claim, before its edit)")
-                            asked_at = time.monotonic()
                         edited = compute(task, rt, inputs, result, asked_at)
                         arrived = sync_point.arrive_now(task, rt)
                         scoring.score_edit(task, rt, edited.image, result)
