@@ -150,25 +150,32 @@ def test_one_arrival_wakes_every_waiter_at_once_and_a_token_is_never_used_up(red
     assert tokens(client, batch) == 1 and batch.wait(client, timeout_s=0.5)  # a redelivered copy passes too
 
 
-def test_the_wake_reads_a_key_as_the_batch_opens_after_waits_past_the_slice(redis_url):
-    # Sync mode reads the run's state in the round trip that wakes an item: a run cancelled while the item
-    # waited (here for several blocking slices) is seen before the item starts.
+def test_the_wake_runs_a_command_as_the_batch_opens_and_a_slice_that_times_out_starts_nothing(redis_url):
+    # Sync mode starts an item (claim.start_command: the run's state, the "started" event) in the round trip
+    # that wakes it: a run cancelled while the item waited (here several blocking slices) is seen then.
     batch = BatchBarrier(PREFIX, 7, parties=1, waiters=2)
     client = redisconn.connect(redis_url)
     client.set("editbatch:run:t:state", "running")
+    calls: list[str | None] = []
+
+    def then(c, gate):  # what the start script does with its gate: nothing while the gate's list is empty
+        calls.append(gate)
+        return c.eval("if KEYS[2] ~= 'none' and redis.call('llen', KEYS[2]) == 0 then return 'closed' end "
+                      "return redis.call('get', KEYS[1])", 2, "editbatch:run:t:state", gate or "none")
+
     got: list[tuple[bool, bytes | None]] = []
-    waiter = threading.Thread(target=lambda: got.append(
-        batch.wait_reading(redisconn.connect(redis_url), 30, "editbatch:run:t:state")))
+    waiter = threading.Thread(target=lambda: got.append(batch.wait_then(redisconn.connect(redis_url), 30, then)))
     waiter.start()
     time.sleep(redisconn.BLOCK_SLICE_S * 3)
-    assert got == []
+    assert got == [] and len(calls) >= 2  # each slice that timed out ran the command, which saw no token
     client.set("editbatch:run:t:state", "cancelled")
     batch.arrive(client, 0)
     waiter.join(10)
     assert got == [(True, b"cancelled")]
-    # Opened already: the token and the key come back at once; without a key, only the token.
-    assert batch.wait_reading(client, 1, "editbatch:run:t:state") == (True, b"cancelled")
-    assert batch.wait_reading(client, 1, None) == (True, None)
-    # Its tokens lost (a Redis restart): found open by the set's size, the key read on its own.
+    # Opened already: the token and the reply come back at once; without a command, only the token.
+    assert batch.wait_then(client, 1, then) == (True, b"cancelled")
+    assert batch.wait_then(client, 1, None) == (True, None)
+    # Its tokens lost (a Redis restart): found open by the set's size, the command run on its own, ungated.
     client.delete(batch.open_key)
-    assert batch.wait_reading(client, 1, "editbatch:run:t:state") == (True, b"cancelled")
+    calls.clear()
+    assert batch.wait_then(client, 1, then) == (True, b"cancelled") and calls[-1] is None

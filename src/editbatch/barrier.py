@@ -98,25 +98,26 @@ class BatchBarrier:
         `stop()` is asked after every slice, also while Redis is out of reach: a
         worker shutting down (its producer and Redis gone with it) must not sit
         out the whole timeout here, holding its process alive."""
-        return self.wait_reading(redis, timeout_s, None, stop=stop)[0]
+        return self.wait_then(redis, timeout_s, None, stop=stop)[0]
 
-    def wait_reading(self, redis: Redis, timeout_s: float, key: str | None, *,
-                     stop: Callable[[], bool] | None = None) -> tuple[bool, bytes | None]:
-        """`wait`, and the value of `key` read as the batch is found done (in the same round trip as the
-        token when there is one): (done, value)."""
+    def wait_then(self, redis: Redis, timeout_s: float, then: Callable[[Any, str | None], Any] | None, *,
+                  stop: Callable[[], bool] | None = None) -> tuple[bool, Any]:
+        """`wait`, then the command `then(client, gate)` as the batch is found done: in the same round trip as
+        the token (pipelined, gated on this batch's open list), or on its own when the set's size says the
+        batch is done. (done, the command's reply)."""
         deadline = time.monotonic() + timeout_s
         while True:
             slice_s = min(max(0.0, deadline - time.monotonic()), redisconn.BLOCK_SLICE_S)
-            if key is None:
+            if then is None:
                 if redisconn.blpeek(redis, self.open_key, slice_s) is not None:
                     return True, None  # a token: the set was complete when it was pushed
             else:
-                got = redisconn.blpeek_get(redis, self.open_key, key, slice_s)
+                got = redisconn.blpeek_then(redis, self.open_key, lambda pipe: then(pipe, self.open_key), slice_s)
                 if got is not None:
                     return True, got[1]
             try:
                 if self.is_open(redis):  # complete, its tokens lost (a Redis restart) or never pushed
-                    return True, (redis.get(key) if key is not None else None)
+                    return True, (then(redis, None) if then is not None else None)
             except redisconn.TRANSIENT:
                 pass  # Redis away: asked again after the next slice, which waits the outage out
             if deadline - time.monotonic() <= 0 or (stop is not None and stop()):

@@ -11,7 +11,7 @@ during a wait is retried until that deadline instead of failing the caller.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from redis import Redis
 from redis.backoff import ExponentialBackoff
@@ -71,16 +71,16 @@ def blpeek(redis: Redis, key: str, timeout_s: float, *, stop: Callable[[], bool]
     return _sliced(lambda slice_s: redis.blmove(key, key, slice_s, "LEFT", "RIGHT"), timeout_s, stop)
 
 
-def blpeek_get(redis: Redis, key: str, get_key: str, timeout_s: float, *,
-               stop: Callable[[], bool] | None = None) -> tuple[bytes, bytes | None] | None:
-    """`blpeek`, and the value of `get_key` as the wait ends, in the same round trip: Redis runs a blocked
-    client's next pipelined command only once the blocking one returns. (element, value), or None."""
+def blpeek_then(redis: Redis, key: str, then: Callable[[Any], Any], timeout_s: float, *,
+                stop: Callable[[], bool] | None = None) -> tuple[bytes, Any] | None:
+    """`blpeek`, and the command `then(pipeline)` queues, in the same round trip: Redis runs a blocked
+    client's next pipelined command only once the blocking one returns. (element, its reply), or None."""
     def call(slice_s: float):
         pipe = redis.pipeline(transaction=False)
         pipe.blmove(key, key, slice_s, "LEFT", "RIGHT")
-        pipe.get(get_key)
-        got, value = pipe.execute()
-        return None if got is None else (got, value)
+        then(pipe)
+        got, reply = pipe.execute()
+        return None if got is None else (got, reply)
 
     return _sliced(call, timeout_s, stop)
 

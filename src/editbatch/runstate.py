@@ -80,10 +80,5 @@ def is_over(redis: Redis, namespace: str, run_id: str | None) -> bool:
     return bool(run_id) and read(redis, namespace, run_id) in OVER
 
 
-def says_over(value: bytes | None) -> bool:
-    """Whether a value read from the run's state key (in some other round trip) says the run is over."""
-    return value is not None and value.decode() in OVER
-
-
 def is_cancelled(redis: Redis, namespace: str, run_id: str | None) -> bool:
     return bool(run_id) and read(redis, namespace, run_id) == CANCELLED

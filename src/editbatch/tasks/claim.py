@@ -17,7 +17,7 @@ import os
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 from redis import Redis
 
@@ -69,6 +69,42 @@ redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2])
 if ARGV[4] ~= '' then redis.call('rpush', KEYS[3], ARGV[4]) end
 return {'held', string.format('%%d', token)}
 """ % (take_back.STARTED, take_back.TAKEN, take_back.TAKEN)
+
+
+# The item's start, just before its model call: is the run over (a claim made ahead of the device may be seconds
+# old), and if not, the producer's "started" event. One script, so the event is in Redis before the model
+# runs: an item that kills its worker there has its attempt counted. Pipelined behind a sync barrier's wait,
+# it is gated on the barrier's open list (a wait that timed out starts nothing).
+# KEYS: run state, inbox, gate (fillers where unused); ARGV: '1' to ask the run state, the event or '', '1' to gate.
+_START = runstate.RUN_OVER_LUA + """
+if ARGV[3] == '1' and redis.call('llen', KEYS[3]) == 0 then return 'closed' end
+if ARGV[1] == '1' then
+  local over = run_over(KEYS[1])
+  if over then return over end
+end
+if ARGV[2] ~= '' then redis.call('rpush', KEYS[2], ARGV[2]) end
+return 'started'
+"""
+
+
+def start_command(task: EditTask, rt: "runtime.WorkerRuntime") -> Callable[[Any, str | None], Any]:
+    """The start script as a command on a client (its reply) or a pipeline (queued), gated on a list key or
+    not: b"started" (the event pushed), b"closed" (the gate's list is empty), or the run's state if it is over."""
+    state = runstate.state_key(rt.cluster.namespace, task.run)
+    filler = ItemKeys.of(rt.cluster.namespace, task).claim
+    if task.report:
+        rt.check_key(task.report)
+    event = rt.event_json("started", task.index) if task.report else ""
+    return lambda client, gate: client.eval(_START, 3, state or filler, task.report or filler, gate or filler,
+                                            "1" if state else "0", event, "1" if gate else "0")
+
+
+def start(task: EditTask, rt: "runtime.WorkerRuntime") -> None:
+    """Start the item (see _START): one round trip, retried while Redis is away; Skipped if the run is over."""
+    command = start_command(task, rt)
+    said = runtime.keep_retrying(lambda: command(rt.redis, None))
+    if said != b"started":
+        raise Skipped(f"run {task.run} has ended (before this item's edit started)")
 
 
 @dataclass(frozen=True)

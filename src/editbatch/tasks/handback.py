@@ -24,7 +24,6 @@ the claim runs out with its lease.
 from __future__ import annotations
 
 import json
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +60,6 @@ class HandBack:
     inbox: str | None = None
     result: dict[str, Any] | None = field(default=None, repr=False)
     working: int | None = None  # the item's index, listed as worked on by this worker until sent (activity.py)
-    told: Future | None = field(default=None, repr=False)  # an event on its way to the inbox, sent before this
 
     def release(self, claim_key: str, holder: str) -> None:
         self.claim_key, self.holder = claim_key, holder

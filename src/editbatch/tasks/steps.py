@@ -40,9 +40,6 @@ from .failures import Skipped
 from .handback import HandBack
 
 STOP_POLL_S = 0.5
-# A claim asks whether the run is over (so does a sync barrier's opening); an edit that starts later than this
-# after the last answer asks again first (an edit ahead of it may run longer than its peers).
-RUN_ASKED_FRESH_S = 0.05
 # A copy that lost its claim (its worker was judged gone) waits this long at most for the copy that replaced it.
 SUPERSEDED_WAIT_S = 60.0
 REUSED_FIELDS = ("status", "output", "started_at", "finished_at", "work_s", "info", "device", "worker", "host",
@@ -87,25 +84,21 @@ def process(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack | N
 
         if task.wait_for:
             # Sync mode: claimed while the previous batch still runs, so the barrier's opening wakes this item
-            # straight into the slot and the model call.
+            # (and starts it, in the same round trip) straight into the slot and the model call.
             take_claim()
             if done is None:
                 sync_point.wait_for_previous_batch(task, rt)
-                asked_at = time.monotonic()  # the run's state came with the barrier's opening
+                asked_at = time.monotonic()
         if done is None:
             # Otherwise claimed just before the edit ahead of it is expected to end (see device_slot.py).
             with on_device(task, rt, hand_back, prepare=None if task.wait_for else take_claim):
                 if done is None:
                     check_model(task, rt)  # a model switch may have come between the claim and the slot
-                    if found is None and time.monotonic() - asked_at > RUN_ASKED_FRESH_S:
-                        if rt.run_ended(task.run):  # cancelled since the claim: not started
-                            raise Skipped(f"run {task.run} has ended (after this item's claim, before its edit)")
+                    if not task.wait_for:
+                        # Started here, not at the claim: an item claimed ahead whose worker dies or leaves
+                        # before its turn (an edit hung ahead of it) is still awaited, not counted as lost.
+                        claim.start(task, rt)
                         asked_at = time.monotonic()
-                    if task.report:
-                        # Started from here, not from the claim: an item claimed ahead whose worker dies or
-                        # leaves before the slot comes (an edit hung ahead of it) is still one the producer
-                        # waits for, not one it counts as lost. Pushed off this thread; the hand-back waits.
-                        hand_back.told = rt.tell_soon(task.report, "started", task.index)
                     if found is None:
                         edited = compute(task, rt, inputs, result, asked_at)
                         arrived = sync_point.arrive_now(task, rt)
@@ -173,8 +166,6 @@ def send(rt: "runtime.WorkerRuntime", hand_back: HandBack) -> None:
     """The item's Redis writes after its files, in one round trip (retried while Redis is away); then the
     item is no longer listed as this worker's."""
     try:
-        if hand_back.told is not None:
-            hand_back.told.result()  # the item's "started" event first: the producer never sees them reversed
         runtime.keep_retrying(lambda: hand_back.send(rt.redis))
     finally:
         if hand_back.working is not None:

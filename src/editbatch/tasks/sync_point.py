@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import keys, redisconn, runstate
+from .. import keys, redisconn
 from ..barrier import BatchBarrier
 from ..workers import runtime
+from . import claim
 from .contract import EditTask
 from .failures import Skipped
 from .handback import HandBack
@@ -27,23 +28,22 @@ def barrier_of(data: dict[str, Any], namespace: str) -> BatchBarrier:
 
 
 def wait_for_previous_batch(task: EditTask, rt: "runtime.WorkerRuntime") -> None:
-    """Return once every item of the previous batch finished and the run is not over (read in the round trip
-    that wakes this item); Skipped when the run ends first, an error when time runs out or the worker shuts
+    """Return once every item of the previous batch finished, the item started (claim.start, in the round
+    trip that wakes it); Skipped when the run ends first, an error when time runs out or the worker shuts
     down."""
     if not task.wait_for:
         return
     timeout = task.wait_timeout_s or DEFAULT_WAIT_S
     barrier = barrier_of(task.wait_for, rt.cluster.namespace)
-    opened, state = barrier.wait_reading(
-        rt.redis, timeout, runstate.state_key(rt.cluster.namespace, task.run),
-        stop=lambda: runtime.shutting_down.is_set() or rt.run_ended(task.run))
+    opened, said = barrier.wait_then(rt.redis, timeout, claim.start_command(task, rt),
+                                     stop=lambda: runtime.shutting_down.is_set() or rt.run_ended(task.run))
     if not opened:
         if runtime.shutting_down.is_set():
             raise RuntimeError(f"this worker is shutting down; not started (it waited for batch {barrier.batch})")
         if rt.run_ended(task.run):
             raise Skipped(f"run {task.run} has ended (this item waited for batch {barrier.batch})")
         raise TimeoutError(f"batch {barrier.batch} did not finish within {timeout:g}s; not started")
-    if runstate.says_over(state):
+    if said != b"started":
         raise Skipped(f"run {task.run} has ended (found as batch {barrier.batch} finished)")
 
 

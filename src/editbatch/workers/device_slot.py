@@ -14,7 +14,8 @@ has not started: the producer may still take it back (tasks/take_back.py),
 and a worker shutting down or retiring hands it back to its queue instead of
 starting it. The next task claims its item shortly before the running edit
 is expected to end (`prepare`), so the claim's round trip is not part of the
-device's gap between two edits; from then on it is started and stays here.
+device's gap between two edits; from then on the producer cannot take it
+back, and it is announced as started when it takes the slot.
 The expected end comes from recent holds of the same group (the run): the
 edits of another run, or another model, say nothing about this one's.
 """

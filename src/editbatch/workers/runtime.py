@@ -11,7 +11,6 @@ import socket
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +63,6 @@ class WorkerRuntime:
     scorers: dict[str, Any] = field(default_factory=dict)  # evaluate spec (JSON) -> its loaded ItemScorer
     _loaded: tuple[Any, dict[str, Any]] = (None, {})  # (model_config, its identity)
     _clock: tuple[float, float | None] = (float("-inf"), None)  # (measured at, monotonic; this clock vs Redis's)
-    _outbox: ThreadPoolExecutor | None = None  # pushes events off the task's thread (tell_soon)
 
     @property
     def loaded(self) -> dict[str, Any]:
@@ -121,33 +119,14 @@ class WorkerRuntime:
 
         return json.dumps({"event": kind, "index": index, "device": self.device.queue, "pid": self.pid})
 
-    def tell_soon(self, key: str, kind: str, index: int | None) -> Future:
-        """`event`, pushed by this worker's events thread (retried while Redis is away): for a path that must
-        not wait on a round trip. Wait for the future before anything that must reach the producer after it."""
-        self.check_key(key)
-        event = self.event_json(kind, index)
-        with _outbox_lock:
-            if self._outbox is None:
-                self._outbox = ThreadPoolExecutor(1, thread_name_prefix="editbatch-events")
-        return self._outbox.submit(_push_quietly, self.redis, key, event)
-
     def event(self, key: str, kind: str, index: int | None) -> None:
-        """Tell the producer where an item is: one push to the run's inbox ("started" goes with the claim)."""
+        """Tell the producer where an item is: one push to the run's inbox ("started" goes with the item's start,
+        tasks/claim.py)."""
         self.check_key(key)
         try:
             self.redis.rpush(key, self.event_json(kind, index))
         except redisconn.TRANSIENT:
             pass  # a hint only: the producer finds the item by other means
-
-
-_outbox_lock = threading.Lock()
-
-
-def _push_quietly(redis: Redis, key: str, event: str) -> None:
-    try:
-        keep_retrying(lambda: redis.rpush(key, event))
-    except redisconn.TRANSIENT:
-        pass  # a hint only, as in `event`
 
 
 _current: WorkerRuntime | None = None
