@@ -13,6 +13,7 @@ import os
 from celery import Celery
 from kombu import Queue
 
+from . import redisconn
 from .devices import SHARED_QUEUE, parse_device
 
 TASK_MODULES = ["editbatch.tasks.edit", "editbatch.tasks.judge", "editbatch.workers.switching", "editbatch.jobs.task"]
@@ -62,7 +63,7 @@ def make_app(broker_url: str, *, visibility_timeout_s: float = DEFAULT_VISIBILIT
         # after 100 tries), and keep retrying a publish through a restart instead of failing the run.
         broker_connection_max_retries=None,
         task_publish_retry_policy={"max_retries": 300, "interval_start": 0.2, "interval_step": 0.2,
-                                   "interval_max": 1.0},
+                                   "interval_max": 1.0, "errback": redisconn.publish_errback},
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )

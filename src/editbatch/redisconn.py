@@ -16,6 +16,7 @@ from typing import Any, Callable
 from redis import Redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -63,6 +64,21 @@ def blpop(redis: Redis, keys: list[str], timeout_s: float, *,
     deadline: a Redis restart during a long wait is survived.
     """
     return _sliced(lambda slice_s: redis.blpop(keys, timeout=slice_s), timeout_s, stop)
+
+
+class WritesRefused(Exception):
+    """Redis refuses writes (MISCONF: it cannot persist, its disk is full): no retry fixes that."""
+
+
+def refuses_writes(exc: BaseException) -> bool:
+    return isinstance(exc, (ResponseError, WritesRefused)) and str(exc).startswith("MISCONF")
+
+
+def publish_errback(exc: BaseException, interval: float) -> None:
+    """Kombu's publish retries treat every Redis error as a lost connection and retry it (minutes, with our
+    policy); a refused write ends the publish at once, as WritesRefused (Kombu would rename a Redis error)."""
+    if refuses_writes(exc):
+        raise WritesRefused(str(exc))
 
 
 def blpeek(redis: Redis, key: str, timeout_s: float, *, stop: Callable[[], bool] | None = None) -> bytes | None:

@@ -127,8 +127,8 @@ class Run:
             except OutputsUnwritable as exc:
                 self.stopped = "outputs could not be written"
                 raise EditBatchError(str(exc)) from None
-            except ResponseError as exc:
-                if not str(exc).startswith("MISCONF"):
+            except (ResponseError, redisconn.WritesRefused) as exc:
+                if not redisconn.refuses_writes(exc):
                     raise
                 self.stopped = "Redis refused writes"
                 raise ClusterError(f"Redis refuses writes ({str(exc)[:120]}): its disk is full; run stopped, "
