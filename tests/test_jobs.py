@@ -51,7 +51,9 @@ def test_submit_wait_status_and_list_from_the_cli(service, sample_image):
 
 
 def test_same_id_twice_is_one_job_and_priority_goes_first(service, sample_image):
-    slow = service.job_config("blocker", 4, sample_image, seconds=0.5)
+    # The blocker outlasts the three submits below (each a CLI start, seconds on a loaded machine): low-1 is
+    # still queued when it is submitted again.
+    slow = service.job_config("blocker", 4, sample_image, seconds=4.0)
     low = service.job_config("low", 2, sample_image)
     high = service.job_config("high", 2, sample_image)
     assert service.cli("submit", str(slow), "--id", "blocker-1").stdout.strip() == "blocker-1"
