@@ -4,9 +4,10 @@
 the model and claim (with the run's state and the copy's take-back mark, in
 one round trip): in sync mode before waiting for the previous batch,
 otherwise just before the device is expected to be free; then, holding the
-device slot, compute (arriving at once) unless an attempt left uncommitted
-can be adopted (asking first whether the run is over, unless the claim
-asked moments ago); then, with the slot passed on to the next item, write and
+device slot, start the item (the run's state, then the producer's "started"
+event: one script, see claim.start; in sync mode it rides the barrier's
+wake) and compute (arriving at once) unless an attempt left uncommitted
+can be adopted; then, with the slot passed on to the next item, write and
 commit, thumbnail, and hand back (release the claim, arrive: one script
 with the result, see handback.py). Each step is a function of the task and
 the worker runtime, usable on its own (tests call them against a real Redis
