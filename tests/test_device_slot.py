@@ -117,3 +117,81 @@ def test_the_slot_says_busy_and_idle_in_order(prepare):
     for t in run_turns(slot, [("a", 0.05), ("b", 0.05)], [], prepare=prepare):
         t.join(10)
     assert told == ["a", "b", None]
+
+
+def begin_turns(slot: DeviceSlot, names: list[str], log: list, hold_s: float = 0.2, leaving=lambda: False,
+                begin_fails: set[str] = frozenset()) -> list[threading.Thread]:
+    """Turns with a `begin` that records the thread it ran on and when, and a completion on the turn's own."""
+    threads = []
+    for name in names:
+        entered = threading.Event()
+
+        def turn(name=name, entered=entered):
+            calls = {"n": 0}
+
+            def begin():
+                calls["n"] += 1
+                log.append(("begin", name, threading.current_thread().name, time.monotonic()))
+                if name in begin_fails and calls["n"] == 1:
+                    raise ConnectionError("request did not go out")
+                return lambda: log.append(("complete", name, threading.current_thread().name, time.monotonic()))
+
+            try:
+                with slot.hold({"task": name}, prepare=lambda: None, begin=begin, leaving=leaving):
+                    log.append(("take", name, threading.current_thread().name, time.monotonic()))
+                    time.sleep(hold_s)
+                    log.append(("leave", name, threading.current_thread().name, time.monotonic()))
+            except Exception as exc:  # noqa: BLE001
+                log.append(("raised", name, type(exc).__name__, time.monotonic()))
+
+        t = threading.Thread(target=turn, name=f"thread-{name}")
+        slot._queue.entered = entered
+        t.start()
+        assert entered.wait(5)
+        threads.append(t)
+    return threads
+
+
+def events(log, kind):
+    return {name: (thread, at) for k, name, thread, at in log if k == kind}
+
+
+def test_the_holder_begins_the_next_turn_as_it_leaves_and_the_turn_completes_it_before_its_block():
+    slot, log = new_slot(), []
+    slot.PREPARE_S = 0.1  # wide: each next turn is ready well before its holder leaves, even on a loaded machine
+    for t in begin_turns(slot, ["a", "b", "c", "d"], log):
+        t.join(10)
+    begun, completed, taken, left = (events(log, k) for k in ("begin", "complete", "take", "leave"))
+    assert begun["a"][0] == "thread-a"  # the slot was free: begun by the turn itself
+    # No hold's length known while "a" holds: "b" prepares (claims) only once the slot is free, so it is not
+    # ready when "a" leaves and begins itself.
+    assert begun["b"][0] == "thread-b"
+    for prev, nxt in (("b", "c"), ("c", "d")):
+        # The request of the next turn goes out on the leaving holder's thread once its block has ended (the
+        # device is free), never while it holds it; the next turn reads the reply before its own block.
+        assert begun[nxt][0] == f"thread-{prev}"
+        assert left[prev][1] <= begun[nxt][1] <= taken[nxt][1]
+        assert completed[nxt][0] == f"thread-{nxt}" and completed[nxt][1] <= taken[nxt][1]
+    assert [k for k, *_ in log].count("begin") == 4  # once each
+
+
+def test_a_turn_of_a_leaving_worker_is_neither_begun_nor_started():
+    slot, log = new_slot(), []
+    leaving = threading.Event()
+    threads = begin_turns(slot, ["a", "b"], log, hold_s=0.3, leaving=leaving.is_set)
+    time.sleep(0.1)
+    leaving.set()  # while "a" holds the slot: "b" goes back to its queue
+    for t in threads:
+        t.join(10)
+    assert "b" not in events(log, "begin") and "b" not in events(log, "take")
+    assert events(log, "raised")["b"][0] == "GiveBack"
+
+
+def test_a_begin_that_fails_on_the_holders_thread_is_made_again_on_the_turns_own():
+    slot, log = new_slot(), []
+    slot.PREPARE_S = 0.1
+    for t in begin_turns(slot, ["a", "b", "c"], log, begin_fails={"c"}):
+        t.join(10)
+    tries = [thread for k, name, thread, _ in log if k == "begin" and name == "c"]
+    assert tries == ["thread-b", "thread-c"]
+    assert events(log, "complete")["c"][0] == "thread-c" and "c" in events(log, "take")

@@ -31,24 +31,23 @@ from .handback import HandBack
 
 CLAIM_POLL_S = 0.5
 
-# KEYS: claim, fence, inbox, run state, the copy's take-back key (unused ones: the claim key, ignored).
-# ARGV: holder, claim TTL, fence TTL, "started" event ('' none), take-back TTL ('' no take-back), '1' to ask
-# whether the run is over.
+# KEYS: claim, fence, run state, the copy's take-back key (unused ones: the claim key, ignored).
+# ARGV: holder, claim TTL, fence TTL, take-back TTL ('' no take-back), '1' to ask whether the run is over.
 # -> {'over', state} | {'taken', 'taken'} | {'committed', token}
 #    | {'held', token} (ours: new, or a retried call whose reply was lost) | {'busy', holder}
 # Everything a task asks before it starts, in one round trip: is its run over (runstate.py's rule), did the
 # producer take this copy back (take_back.py: the copy is marked started here otherwise), then the claim.
 # A new token is the epoch plus one; an item without an epoch (never claimed, or its state lost with a Redis
 # that kept no data) starts from Redis's clock in milliseconds, so no token is ever handed out twice.
-# With `announce` the producer's "started" event goes out in the same script; the edit task sends it itself once
-# the item has the device (a claim may be made ahead of that, see tasks/steps.py).
+# The claim announces nothing: the item is announced as started by the start script below, once it has the
+# device (a claim may be made ahead of that, see tasks/steps.py).
 _TAKE = runstate.RUN_OVER_LUA + take_back.MARK_LUA + """
-if ARGV[6] == '1' then
-  local over = run_over(KEYS[4])
+if ARGV[5] == '1' then
+  local over = run_over(KEYS[3])
   if over then return {'over', over} end
 end
-if ARGV[5] ~= '' then
-  if mark(KEYS[5], '%s', ARGV[5]) == '%s' then return {'taken', '%s'} end
+if ARGV[4] ~= '' then
+  if mark(KEYS[4], '%s', ARGV[4]) == '%s' then return {'taken', '%s'} end
 end
 local committed = redis.call('hget', KEYS[2], 'committed')
 if committed then return {'committed', committed} end
@@ -66,15 +65,15 @@ end
 redis.call('hset', KEYS[2], 'epoch', string.format('%%d', token))
 redis.call('expire', KEYS[2], ARGV[3])
 redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2])
-if ARGV[4] ~= '' then redis.call('rpush', KEYS[3], ARGV[4]) end
 return {'held', string.format('%%d', token)}
 """ % (take_back.STARTED, take_back.TAKEN, take_back.TAKEN)
 
 
 # The item's start, just before its model call: is the run over (a claim made ahead of the device may be seconds
 # old), and if not, the producer's "started" event. One script, so the event is in Redis before the model
-# runs: an item that kills its worker there has its attempt counted. Pipelined behind a sync barrier's wait,
-# it is gated on the barrier's open list (a wait that timed out starts nothing).
+# runs: an item that kills its worker there has its attempt counted. Sent as the device frees, by the thread
+# leaving it (Start.send), its round trip overlaps the next thread's wake-up. Pipelined behind a sync barrier's
+# wait, it is gated on the barrier's open list (a wait that timed out starts nothing).
 # KEYS: run state, inbox, gate (fillers where unused); ARGV: '1' to ask the run state, the event or '', '1' to gate.
 _START = runstate.RUN_OVER_LUA + """
 if ARGV[3] == '1' and redis.call('llen', KEYS[3]) == 0 then return 'closed' end
@@ -87,24 +86,65 @@ return 'started'
 """
 
 
+class Start:
+    """The item's start script (see _START) for one task, made ready ahead of its turn on the device."""
+
+    def __init__(self, task: EditTask, rt: "runtime.WorkerRuntime", filler: str | None = None):
+        self.task, self.rt = task, rt
+        state = runstate.state_key(rt.cluster.namespace, task.run)
+        filler = filler or ItemKeys.of(rt.cluster.namespace, task).claim  # any key of the item's slot
+        if task.report:
+            rt.check_key(task.report)
+        event = rt.event_json("started", task.index) if task.report else ""
+        self._keys = (state or filler, task.report or filler)
+        self._filler = filler
+        self._argv = ("1" if state else "0", event)
+
+    def command(self, client: Any, gate: str | None) -> Any:
+        """The script as a command on a client (its reply) or a pipeline (queued), gated on a list key or not:
+        b"started" (the event pushed), b"closed" (the gate's list is empty), or the run's state if it is over."""
+        return client.eval(_START, 3, *self._keys, gate or self._filler, *self._argv, "1" if gate else "0")
+
+    def __call__(self) -> None:
+        """One round trip, retried while Redis is away; Skipped if the run is over."""
+        self.check(runtime.keep_retrying(lambda: self.command(self.rt.redis, None)))
+
+    def send(self) -> Callable[[], None]:
+        """The start in two halves: the script is sent now (by whichever thread sees the device free first, see
+        workers/device_slot.py), its reply read by the call returned. A request that did not go out, or whose
+        reply was lost, is made again whole (a second "started" event for one attempt changes nothing)."""
+        pool = self.rt.redis.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_command("EVAL", _START, 3, *self._keys, self._filler, *self._argv, "0")
+        except Exception:  # noqa: BLE001 - made again whole, on the task's own thread
+            conn.disconnect()
+            pool.release(conn)
+            return self
+
+        def finish() -> None:
+            try:
+                said = conn.read_response()
+            except Exception:  # noqa: BLE001 - lost with the connection: asked again (retried while Redis is away)
+                conn.disconnect()
+                said = None
+            finally:
+                pool.release(conn)
+            if said is None:
+                self()
+            else:
+                self.check(said)
+
+        return finish
+
+    def check(self, said: Any) -> None:
+        if said != b"started":
+            raise Skipped(f"run {self.task.run} has ended (before this item's edit started)")
+
+
 def start_command(task: EditTask, rt: "runtime.WorkerRuntime") -> Callable[[Any, str | None], Any]:
-    """The start script as a command on a client (its reply) or a pipeline (queued), gated on a list key or
-    not: b"started" (the event pushed), b"closed" (the gate's list is empty), or the run's state if it is over."""
-    state = runstate.state_key(rt.cluster.namespace, task.run)
-    filler = ItemKeys.of(rt.cluster.namespace, task).claim
-    if task.report:
-        rt.check_key(task.report)
-    event = rt.event_json("started", task.index) if task.report else ""
-    return lambda client, gate: client.eval(_START, 3, state or filler, task.report or filler, gate or filler,
-                                            "1" if state else "0", event, "1" if gate else "0")
-
-
-def start(task: EditTask, rt: "runtime.WorkerRuntime") -> None:
-    """Start the item (see _START): one round trip, retried while Redis is away; Skipped if the run is over."""
-    command = start_command(task, rt)
-    said = runtime.keep_retrying(lambda: command(rt.redis, None))
-    if said != b"started":
-        raise Skipped(f"run {task.run} has ended (before this item's edit started)")
+    """The start script as a command on a client or a pipeline (see Start.command)."""
+    return Start(task, rt).command
 
 
 @dataclass(frozen=True)
@@ -168,23 +208,20 @@ class Checks:
 class Claim:
     """One attempt's hold on an item: a renewed lease, and the token it was taken with."""
 
-    def __init__(self, redis: Redis, item: ItemKeys, holder: Holder, started: tuple[str, str] | None = None,
-                 checks: Checks = Checks()):
+    def __init__(self, redis: Redis, item: ItemKeys, holder: Holder, checks: Checks = Checks()):
         self.redis = redis
         self.item = item
         self.holder = holder
         self.lease = Lease(redis, item.claim, holder.dumps(), keys.CLAIM_TTL_S)
         self.token: int | None = None
-        self.started = started  # (inbox key, event): pushed when the claim is taken
         self.checks = checks
 
     def try_take(self) -> Taken | Committed | Busy:
         """One round trip; Skipped when the run is over or the producer took this copy back."""
-        inbox, event = self.started or (self.item.claim, "")
         c, filler = self.checks, self.item.claim
-        kind, value = self.redis.eval(_TAKE, 5, self.item.claim, self.item.fence, inbox, c.run_state or filler,
+        kind, value = self.redis.eval(_TAKE, 4, self.item.claim, self.item.fence, c.run_state or filler,
                                       c.ticket or filler, self.lease.owner, keys.CLAIM_TTL_S,
-                                      keys.ITEM_FENCE_TTL_S, event, keys.TAKE_BACK_TTL_S if c.ticket else "",
+                                      keys.ITEM_FENCE_TTL_S, keys.TAKE_BACK_TTL_S if c.ticket else "",
                                       "1" if c.run_state else "0")
         if kind == b"over":
             raise Skipped(f"run {self.holder.run} has ended")
@@ -218,19 +255,16 @@ class Claim:
         hand_back.release(self.item.claim, self.lease.owner)
 
 
-def take(task: EditTask, rt: "runtime.WorkerRuntime", *, announce: bool = True) -> Claim | dict[str, Any]:
+def take(task: EditTask, rt: "runtime.WorkerRuntime") -> Claim | dict[str, Any]:
     """Hold the item's claim (`claim.token` fences this attempt), or return its record if it is done.
     Skipped (nothing held) when the run is over or the producer took this copy back: asked in the same
-    round trip as the claim, each time it is tried. With `announce`, the producer's "started" event goes
-    with the claim; without, the caller sends it when the item starts."""
+    round trip as the claim, each time it is tried. The claim announces nothing (see `start`)."""
     item = ItemKeys.of(rt.cluster.namespace, task)
-    started = (task.report, rt.event_json("started", task.index)) if task.report and announce else None
     checks = Checks(runstate.state_key(rt.cluster.namespace, task.run), take_back.key_of(rt.cluster.namespace, task))
-    for key in (task.report, checks.ticket):
-        if key:
-            rt.check_key(key)
+    if checks.ticket:
+        rt.check_key(checks.ticket)
     claim = Claim(rt.redis, item, Holder(rt.device.queue, rt.pid, task.run, task.index, uuid.uuid4().hex[:12]),
-                  started, checks)
+                  checks)
     limit = task.wait_timeout_s or 3600.0
     deadline = time.monotonic() + limit
     while True:

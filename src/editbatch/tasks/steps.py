@@ -5,8 +5,8 @@ the model and claim (with the run's state and the copy's take-back mark, in
 one round trip): in sync mode before waiting for the previous batch,
 otherwise just before the device is expected to be free; then, holding the
 device slot, start the item (the run's state, then the producer's "started"
-event: one script, see claim.start; in sync mode it rides the barrier's
-wake) and compute (arriving at once) unless an attempt left uncommitted
+event: one script, see claim.Start, sent by the item before it as it leaves
+the device; in sync mode it rides the barrier's wake) and compute (arriving at once) unless an attempt left uncommitted
 can be adopted; then, with the slot passed on to the next item, write and
 commit, thumbnail, and hand back (release the claim, arrive: one script
 with the result, see handback.py). Each step is a function of the task and
@@ -73,15 +73,18 @@ def process(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack | N
         done: dict[str, Any] | None = None  # the item's record, when it was finished before
         asked_at = 0.0  # when the run was last found not over (monotonic)
 
+        start: claim.Start | None = None
+
         def take_claim() -> None:
-            nonlocal held, found, done, asked_at
+            nonlocal held, found, done, asked_at, start
             check_model(task, rt)
-            got = claim.take(task, rt, announce=False)  # "started" goes once the item has the slot, below
+            got = claim.take(task, rt)  # "started" goes once the item has the slot, below
             asked_at = time.monotonic()
             if isinstance(got, dict):  # finished before (an earlier run, or another copy of this task)
                 done = got
                 return
             held, found = got, adoptable(task, got)
+            start = claim.Start(task, rt, got.item.claim)
 
         if task.wait_for:
             # Sync mode: claimed while the previous batch still runs, so the barrier's opening wakes this item
@@ -90,16 +93,24 @@ def process(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack | N
             if done is None:
                 sync_point.wait_for_previous_batch(task, rt)
                 asked_at = time.monotonic()
+
+        def begin() -> Callable[[], None]:
+            # Started as the device frees, not at the claim: an item claimed ahead whose worker dies or leaves
+            # before its turn (an edit hung ahead of it) is still awaited, not counted as lost.
+            if start is None:
+                return lambda: None  # finished before: nothing starts
+            check_model(task, rt)  # a model switch may have come between the claim and the slot
+            return start.send()
+
         if done is None:
             # Otherwise claimed just before the edit ahead of it is expected to end (see device_slot.py).
-            with on_device(task, rt, hand_back, prepare=None if task.wait_for else take_claim):
+            sync = bool(task.wait_for)
+            with on_device(task, rt, hand_back, prepare=None if sync else take_claim, begin=None if sync else begin):
                 if done is None:
-                    check_model(task, rt)  # a model switch may have come between the claim and the slot
-                    if not task.wait_for:
-                        # Started here, not at the claim: an item claimed ahead whose worker dies or leaves
-                        # before its turn (an edit hung ahead of it) is still awaited, not counted as lost.
-                        claim.start(task, rt)
-                        asked_at = time.monotonic()
+                    if sync:
+                        check_model(task, rt)
+                    else:
+                        asked_at = time.monotonic()  # the start script found the run going
                     if found is None:
                         edited = compute(task, rt, inputs, result, asked_at)
                         arrived = sync_point.arrive_now(task, rt)
@@ -135,14 +146,16 @@ def process(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack | N
 
 @contextlib.contextmanager
 def on_device(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack,
-              prepare: Callable[[], None] | None = None) -> Iterator[None]:
+              prepare: Callable[[], None] | None = None,
+              begin: Callable[[], Callable[[], None]] | None = None) -> Iterator[None]:
     """Hold the device slot (see workers/device_slot.py) for the item's model call and metrics, `prepare`
-    (the claim) run just before; the guard counts what the turn raised (a broken CUDA context) as it ends."""
+    (the claim) run just before and `begin` (the start) as the device frees; the guard counts what the turn
+    raised (a broken CUDA context) as it ends."""
     def leaving() -> bool:
         return runtime.shutting_down.is_set() or (rt.guard is not None and rt.guard.retiring)
 
     with rt.slot.hold({"task": task.id, "task_index": task.index, "task_run": task.run}, leaving=leaving,
-                      prepare=prepare, group=task.run):
+                      prepare=prepare, begin=begin, group=task.run):
         working(task, hand_back)
         try:
             yield
