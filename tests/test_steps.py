@@ -8,6 +8,7 @@ a holder that is gone (stopped, cut off) and may come back later.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -330,3 +331,25 @@ def test_a_hand_back_that_never_ran_leaves_the_item_to_its_files(rt, tmp_path, l
     again = steps.process(task, rt)  # the redelivered or resumed copy: reused from disk, and it arrives
     assert again["reused"] and again["attempt"] == result["attempt"] and again["status"] == "ok"
     assert barrier.is_open(rt.redis)
+
+
+def test_a_start_begun_while_redis_is_away_is_made_again_by_the_items_own_thread(rt, tmp_path):
+    # The thread leaving the device sends the next item's start (claim.Start.send). Redis away at that moment
+    # must cost that thread nothing it raises: the item's own thread makes the start again, and it lands once.
+    inbox = keys.results(rt.cluster.namespace, "r7")
+    task = make_task(tmp_path / "out", run="r7", report=inbox)
+    start = claim.Start(task, rt)
+    start.rt = dataclasses.replace(rt, redis=redisconn.connect("redis://127.0.0.1:1/0"))  # nothing listens there
+    complete = start.send()  # does not raise
+    start.rt = rt  # Redis is back by the time the item's thread reads the reply
+    complete()
+    assert [json.loads(e)["event"] for e in rt.redis.lrange(inbox, 0, -1)] == ["started"]
+    # With Redis there, the request goes out at once and the item's thread only reads its reply.
+    rt.redis.delete(inbox)
+    complete = claim.Start(task, rt).send()
+    deadline = time.monotonic() + 5
+    while rt.redis.llen(inbox) == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert rt.redis.llen(inbox) == 1  # in Redis before the reply is read
+    complete()
+    assert rt.redis.llen(inbox) == 1

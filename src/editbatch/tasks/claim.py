@@ -114,10 +114,13 @@ class Start:
         workers/device_slot.py), its reply read by the call returned. A request that did not go out, or whose
         reply was lost, is made again whole (a second "started" event for one attempt changes nothing)."""
         pool = self.rt.redis.connection_pool
-        conn = pool.get_connection()
+        try:
+            conn = pool.get_connection()  # connects (a few quick tries) when no idle connection is pooled
+        except Exception:  # noqa: BLE001 - made again whole on the task's own thread, retried while Redis is away
+            return self
         try:
             conn.send_command("EVAL", _START, 3, *self._keys, self._filler, *self._argv, "0")
-        except Exception:  # noqa: BLE001 - made again whole, on the task's own thread
+        except Exception:  # noqa: BLE001 - as above
             conn.disconnect()
             pool.release(conn)
             return self

@@ -106,6 +106,9 @@ class DeviceSlot:
                 if turn in self._queue:
                     self._queue.remove(turn)
                     self._cond.notify_all()
+            if turn.begun is not None:
+                with contextlib.suppress(BaseException):
+                    turn.begun()  # its reply read, so its connection goes back clean
             raise
         try:
             if turn.begun is None and leaving():
