@@ -68,13 +68,6 @@ class RunContext:
         return [d.queue for d in self.config.devices]
 
 
-# Batches queued while one runs (sync mode, barrier on the workers). The producer releases batch k+L+1 when all
-# of batch k has reported, and a report comes after the item's files are fsynced. With L=1 one hand-back that
-# stalled (a 0.45 s fsync here; longer on a network disk) left every device waiting for its next message; with
-# L=2 a stall up to a whole batch's time costs nothing. The barrier still holds each batch back.
-SYNC_LOOKAHEAD = 2
-
-
 class Round:
     def __init__(self, number: int, items: list[Item], devices: list[str], ctx: RunContext):
         sched = ctx.config.schedule
@@ -87,7 +80,7 @@ class Round:
         self.worker_barrier = self.facts.synchronised and sched.barrier == "worker"
         self.policy = make_policy(sched.mode, len(items), devices, shared_queue(ctx.model_id),
                                   max_skew=sched.max_skew, max_in_flight=sched.max_in_flight,
-                                  lookahead=SYNC_LOOKAHEAD if self.worker_barrier else 0,
+                                  lookahead=1 if self.worker_barrier else 0,
                                   depth=queue_depth(len(devices), prefetch=ctx.config.cluster.prefetch,
                                                     max_in_flight=sched.max_in_flight))
         self.submitter = Submitter(ctx.app, self.payload_for)
