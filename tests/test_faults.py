@@ -89,8 +89,10 @@ def test_worker_stopped_mid_run(tmp_path, sample_image, mode):
     victim = cluster(out)["workers"]["cpu2"]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # stop it just after it started an edit: a hung GPU call
-        last = read_jsonl(calls)[-1]
-        if last["device"] == "cpu2" and time.time() - last["t"] < 0.15:
+        # Its latest call, not the file's last line: in sync mode the three devices start each batch within a
+        # millisecond, in an order of their own, and a run whose cpu2 never logged last ended before this loop.
+        last = [c for c in read_jsonl(calls) if c["device"] == "cpu2"][-1]
+        if time.time() - last["t"] < 0.15:
             break
         time.sleep(0.01)
     os.kill(victim, signal.SIGSTOP)  # alive, silent
