@@ -6,7 +6,10 @@ Per task, on the worker's clock: submitted_at (producer) -> started_at ->
 finished_at (model call) -> reported_at (output written, claim, barrier and
 result sent) -> the same device's next started_at. The gap from reported_at
 to the next start is Celery's share: the return, the late ack, fetching and
-dispatching the next message. In sync mode, `sync point` is the last finish
+dispatching the next message (negative when the next item was held and
+started before this one's hand-back ended: prefetch 2). `device idle` is
+finished_at to the same device's next started_at: the device's gap between
+two edits. In sync mode, `sync point` is the last finish
 of batch k to the first start of batch k+1, per boundary.
 """
 
@@ -33,11 +36,12 @@ def measure(run: Path) -> dict:
     by_device: dict[str, list[dict]] = {}
     for r in ran:
         by_device.setdefault(r["device"], []).append(r)
-    hand_back, gaps = [], []
+    hand_back, gaps, idle = [], [], []
     for rows in by_device.values():
         rows.sort(key=lambda r: r["started_at"])
         hand_back += [r["reported_at"] - r["finished_at"] for r in rows]
         gaps += [b["started_at"] - a["reported_at"] for a, b in zip(rows, rows[1:])]
+        idle += [b["started_at"] - a["finished_at"] for a, b in zip(rows, rows[1:])]
     ends: dict[int, float] = {}
     starts: dict[int, float] = {}
     for r in ran:
@@ -45,7 +49,7 @@ def measure(run: Path) -> dict:
             ends[r["batch"]] = max(ends.get(r["batch"], r["finished_at"]), r["finished_at"])
             starts[r["batch"]] = min(starts.get(r["batch"], r["started_at"]), r["started_at"])
     sync = [max(0.0, starts[k + 1] - ends[k]) for k in sorted(ends) if k + 1 in starts]
-    return {"summary": summary, "ran": ran, "by_device": by_device, "hand_back": hand_back, "gaps": gaps,
+    return {"summary": summary, "ran": ran, "by_device": by_device, "hand_back": hand_back, "gaps": gaps, "idle": idle,
             "sync_point": sync if summary.get("mode") == "sync" else []}
 
 
@@ -64,6 +68,7 @@ def main(argv=None) -> int:
     print(f"  task (start->finish)       {ms([r['finished_at'] - r['started_at'] for r in ran])}")
     print(f"  hand-back (finish->report) {ms(m['hand_back'])}")
     print(f"  next start (report->start) {ms(m['gaps'])}  (includes barrier waits in sync mode)")
+    print(f"  device idle (finish->start) {ms(m['idle'])}")
     if m["sync_point"]:
         print(f"  sync point (per boundary)  {ms(m['sync_point'])}")
     ends = sorted(max(r["finished_at"] for r in rows) - t0 for rows in by_device.values())

@@ -151,7 +151,7 @@ def test_one_arrival_wakes_every_waiter_at_once_and_a_token_is_never_used_up(red
 
 
 def test_the_wake_runs_a_command_as_the_batch_opens_and_a_slice_that_times_out_starts_nothing(redis_url):
-    # Sync mode starts an item (claim.start_command: the run's state, the "started" event) in the round trip
+    # Sync mode starts an item (claim.Start.command: the run's state, the "started" event) in the round trip
     # that wakes it: a run cancelled while the item waited (here several blocking slices) is seen then.
     batch = BatchBarrier(PREFIX, 7, parties=1, waiters=2)
     client = redisconn.connect(redis_url)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from typing import Callable
 
 import pytest
 
@@ -28,14 +29,24 @@ def new_slot(**kwargs) -> DeviceSlot:
     return slot
 
 
+def enter_in_order(slot: DeviceSlot, bodies: list[tuple[str, Callable[[], None]]]) -> list[threading.Thread]:
+    """Start one thread per (name, body), in order, each entering the slot's queue before the next starts."""
+    threads = []
+    for name, body in bodies:
+        slot._queue.entered = threading.Event()
+        t = threading.Thread(target=body, name=f"thread-{name}")
+        t.start()
+        assert slot._queue.entered.wait(5)
+        threads.append(t)
+    return threads
+
+
 def run_turns(slot: DeviceSlot, turns: list[tuple[str, float]], log: list, prepare: bool = True,
               fail: str | None = None, group: str | None = None) -> list[threading.Thread]:
-    """Start one thread per (name, hold seconds), in order, each entering the slot's queue before the next."""
-    threads = []
+    """One thread per (name, hold seconds), entering the slot's queue in order."""
+    bodies = []
     for name, seconds in turns:
-        entered = threading.Event()
-
-        def turn(name=name, seconds=seconds, entered=entered):
+        def turn(name=name, seconds=seconds):
             def ready():
                 log.append(("prepare", name, time.monotonic()))
                 if name == fail:
@@ -49,12 +60,8 @@ def run_turns(slot: DeviceSlot, turns: list[tuple[str, float]], log: list, prepa
             except LookupError:
                 log.append(("gone", name, time.monotonic()))
 
-        t = threading.Thread(target=turn)
-        slot._queue.entered = entered
-        t.start()
-        assert entered.wait(5)
-        threads.append(t)
-    return threads
+        bodies.append((name, turn))
+    return enter_in_order(slot, bodies)
 
 
 def times(log, kind):
@@ -122,11 +129,9 @@ def test_the_slot_says_busy_and_idle_in_order(prepare):
 def begin_turns(slot: DeviceSlot, names: list[str], log: list, hold_s: float = 0.2, leaving=lambda: False,
                 begin_fails: set[str] = frozenset()) -> list[threading.Thread]:
     """Turns with a `begin` that records the thread it ran on and when, and a completion on the turn's own."""
-    threads = []
+    bodies = []
     for name in names:
-        entered = threading.Event()
-
-        def turn(name=name, entered=entered):
+        def turn(name=name):
             calls = {"n": 0}
 
             def begin():
@@ -144,12 +149,8 @@ def begin_turns(slot: DeviceSlot, names: list[str], log: list, hold_s: float = 0
             except Exception as exc:  # noqa: BLE001
                 log.append(("raised", name, type(exc).__name__, time.monotonic()))
 
-        t = threading.Thread(target=turn, name=f"thread-{name}")
-        slot._queue.entered = entered
-        t.start()
-        assert entered.wait(5)
-        threads.append(t)
-    return threads
+        bodies.append((name, turn))
+    return enter_in_order(slot, bodies)
 
 
 def events(log, kind):

@@ -100,10 +100,13 @@ class Start:
         self._filler = filler
         self._argv = ("1" if state else "0", event)
 
+    def _args(self, gate: str | None) -> tuple:
+        return (_START, 3, *self._keys, gate or self._filler, *self._argv, "1" if gate else "0")
+
     def command(self, client: Any, gate: str | None) -> Any:
         """The script as a command on a client (its reply) or a pipeline (queued), gated on a list key or not:
         b"started" (the event pushed), b"closed" (the gate's list is empty), or the run's state if it is over."""
-        return client.eval(_START, 3, *self._keys, gate or self._filler, *self._argv, "1" if gate else "0")
+        return client.eval(*self._args(gate))
 
     def __call__(self) -> None:
         """One round trip, retried while Redis is away; Skipped if the run is over."""
@@ -119,7 +122,7 @@ class Start:
         except Exception:  # noqa: BLE001 - made again whole on the task's own thread, retried while Redis is away
             return self
         try:
-            conn.send_command("EVAL", _START, 3, *self._keys, self._filler, *self._argv, "0")
+            conn.send_command("EVAL", *self._args(None))
         except Exception:  # noqa: BLE001 - as above
             conn.disconnect()
             pool.release(conn)
@@ -143,11 +146,6 @@ class Start:
     def check(self, said: Any) -> None:
         if said != b"started":
             raise Skipped(f"run {self.task.run} has ended (before this item's edit started)")
-
-
-def start_command(task: EditTask, rt: "runtime.WorkerRuntime") -> Callable[[Any, str | None], Any]:
-    """The start script as a command on a client or a pipeline (see Start.command)."""
-    return Start(task, rt).command
 
 
 @dataclass(frozen=True)
@@ -261,7 +259,7 @@ class Claim:
 def take(task: EditTask, rt: "runtime.WorkerRuntime") -> Claim | dict[str, Any]:
     """Hold the item's claim (`claim.token` fences this attempt), or return its record if it is done.
     Skipped (nothing held) when the run is over or the producer took this copy back: asked in the same
-    round trip as the claim, each time it is tried. The claim announces nothing (see `start`)."""
+    round trip as the claim, each time it is tried. The claim announces nothing (see `Start`)."""
     item = ItemKeys.of(rt.cluster.namespace, task)
     checks = Checks(runstate.state_key(rt.cluster.namespace, task.run), take_back.key_of(rt.cluster.namespace, task))
     if checks.ticket:

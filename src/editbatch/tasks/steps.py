@@ -6,8 +6,9 @@ one round trip): in sync mode before waiting for the previous batch,
 otherwise just before the device is expected to be free; then, holding the
 device slot, start the item (the run's state, then the producer's "started"
 event: one script, see claim.Start, sent by the item before it as it leaves
-the device; in sync mode it rides the barrier's wake) and compute (arriving at once) unless an attempt left uncommitted
-can be adopted; then, with the slot passed on to the next item, write and
+the device; in sync mode it rides the barrier's wake) and compute (arriving
+at once) unless an attempt left uncommitted can be adopted; then, with the
+slot passed on to the next item, write and
 commit, thumbnail, and hand back (release the claim, arrive: one script
 with the result, see handback.py). Each step is a function of the task and
 the worker runtime, usable on its own (tests call them against a real Redis
@@ -90,8 +91,8 @@ def process(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack | N
             # Sync mode: claimed while the previous batch still runs, so the barrier's opening wakes this item
             # (and starts it, in the same round trip) straight into the slot and the model call.
             take_claim()
-            if done is None:
-                sync_point.wait_for_previous_batch(task, rt)
+            if start is not None:
+                sync_point.wait_for_previous_batch(task, rt, start)
                 asked_at = time.monotonic()
 
         def begin() -> Callable[[], None]:

@@ -27,15 +27,14 @@ def barrier_of(data: dict[str, Any], namespace: str) -> BatchBarrier:
     return barrier
 
 
-def wait_for_previous_batch(task: EditTask, rt: "runtime.WorkerRuntime") -> None:
-    """Return once every item of the previous batch finished, the item started (claim.start, in the round
-    trip that wakes it); Skipped when the run ends first, an error when time runs out or the worker shuts
-    down."""
+def wait_for_previous_batch(task: EditTask, rt: "runtime.WorkerRuntime", start: claim.Start) -> None:
+    """Return once every item of the previous batch finished, the item started (`start`, in the round trip
+    that wakes it); Skipped when the run ends first, an error when time runs out or the worker shuts down."""
     if not task.wait_for:
         return
     timeout = task.wait_timeout_s or DEFAULT_WAIT_S
     barrier = barrier_of(task.wait_for, rt.cluster.namespace)
-    opened, said = barrier.wait_then(rt.redis, timeout, claim.start_command(task, rt),
+    opened, said = barrier.wait_then(rt.redis, timeout, start.command,
                                      stop=lambda: runtime.shutting_down.is_set() or rt.run_ended(task.run))
     if not opened:
         if runtime.shutting_down.is_set():
