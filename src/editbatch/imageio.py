@@ -60,9 +60,14 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def save_png(image: Image.Image, path: Path) -> None:
     """Write atomically: a crash never leaves a truncated PNG under the final name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, png_bytes(image))
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """The PNG file of `image`, quickly compressed: outputs are written once per item and read rarely."""
     import io
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)
-    write_atomic(path, buffer.getvalue())
+    return buffer.getvalue()

@@ -27,9 +27,9 @@ from PIL import Image
 from redis import Redis
 
 from .. import keys, layout, ledger
-from ..atomicfile import write_atomic
+from ..atomicfile import write_atomic, write_both
 from ..dataset import output_name
-from ..imageio import save_png
+from ..imageio import png_bytes
 
 # Commit `token` if it is the item's epoch and nothing is committed; returns the committed token (0: none,
 # and ours is stale). An item with no epoch at all lost its state (a Redis that kept no data): the first
@@ -89,7 +89,8 @@ class Attempt:
         return ledger.record_path(self.output_dir, self.item_id)
 
     def write(self, image: Image.Image, record: dict[str, Any]) -> None:
-        """Write this attempt's image and record (both fsynced); WriteFailed names the file that failed."""
+        """Write this attempt's image and record (both fsynced, side by side; the record in place only once
+        the image is); WriteFailed names the file that failed."""
         target = self.image
         try:
             # The final folders too: a disk that is full now fails the item here, not after its commit.
@@ -97,11 +98,12 @@ class Attempt:
                 target = folder
                 folder.mkdir(parents=True, exist_ok=True)
             target = self.image
-            save_png(image, self.image)
-            target = self.record
-            write_atomic(self.record, json.dumps({**record, "attempt": self.token}) + "\n")
+            png = png_bytes(image)
+            text = json.dumps({**record, "attempt": self.token}) + "\n"
+            write_both((self.image, png), (self.record, text))
         except OSError as exc:
             self.discard()
+            target = Path(exc.filename) if exc.filename else target  # atomicfile names the file it was writing
             raise WriteFailed(f"could not write {target}: {_why(exc)}") from None
 
     def discard(self) -> None:

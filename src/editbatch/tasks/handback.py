@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from redis import Redis
 
@@ -60,6 +60,9 @@ class HandBack:
     inbox: str | None = None
     result: dict[str, Any] | None = field(default=None, repr=False)
     working: int | None = None  # the item's index, listed as worked on by this worker until sent (activity.py)
+    # Work owed to nobody (the report's thumbnails: a cache), done once the script is sent, so the result
+    # does not wait for it.
+    after: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     def release(self, claim_key: str, holder: str) -> None:
         self.claim_key, self.holder = claim_key, holder

@@ -9,8 +9,8 @@ event: one script, see claim.Start, sent by the item before it as it leaves
 the device; in sync mode it rides the barrier's wake) and compute (arriving
 at once) unless an attempt left uncommitted can be adopted; then, with the
 slot passed on to the next item, write and
-commit, thumbnail, and hand back (release the claim, arrive: one script
-with the result, see handback.py). Each step is a function of the task and
+commit, and hand back (release the claim, arrive: one script with the
+result, see handback.py); then the report's thumbnails. Each step is a function of the task and
 the worker runtime, usable on its own (tests call them against a real Redis
 and a runtime started in-process). The result is the contract's result dict
 (see contract.py); `status` is "ok" only once the image and record are in
@@ -121,7 +121,7 @@ def process(task: EditTask, rt: "runtime.WorkerRuntime", hand_back: HandBack | N
             return result
         # Off the device: the next item computes while this one's files are written and committed.
         if found is None:
-            place(task, rt, held, edited, result)
+            place(task, rt, held, edited, result, hand_back)
         else:
             adopt(task, rt, held, found, result)
     except (Skipped, GiveBack):
@@ -179,13 +179,16 @@ def working(task: EditTask, hand_back: HandBack) -> None:
 
 def send(rt: "runtime.WorkerRuntime", hand_back: HandBack) -> None:
     """The item's Redis writes after its files, in one round trip (retried while Redis is away); then the
-    item is no longer listed as this worker's."""
+    item is no longer listed as this worker's, and what waited for the hand-back is done."""
     try:
         runtime.keep_retrying(lambda: hand_back.send(rt.redis))
     finally:
         if hand_back.working is not None:
             activity.end(hand_back.working)
             hand_back.working = None
+        after, hand_back.after = hand_back.after, []
+        for work in after:
+            work()
 
 
 def new_result(task: EditTask, rt: "runtime.WorkerRuntime") -> dict[str, Any]:
@@ -256,9 +259,10 @@ def adopt(task: EditTask, rt: "runtime.WorkerRuntime", held: claim.Claim, found:
 
 
 def place(task: EditTask, rt: "runtime.WorkerRuntime", held: claim.Claim, edited: Edited,
-          result: dict[str, Any]) -> None:
+          result: dict[str, Any], hand_back: HandBack | None = None) -> None:
     """Write this attempt, commit it and move its files into place; or, if a later claim superseded it,
-    take what the committed attempt made (`superseded: true`)."""
+    take what the committed attempt made (`superseded: true`). The thumbnails wait for `hand_back` to be
+    sent, when there is one."""
     attempt = commit.Attempt(Path(task.output_dir), task.id, held.token)
     info = dict(edited.info)
     done = {**result, "status": "ok", "output": ledger.image_relpath(task.id), "work_s": info.pop("work_s", None),
@@ -269,7 +273,13 @@ def place(task: EditTask, rt: "runtime.WorkerRuntime", held: claim.Claim, edited
     if settle(task, rt, held, attempt, result):
         result.update(done)
         # The report's thumbnails, from the images in memory: a report of thousands of items then decodes none.
-        write_item_thumbnails(task.output_dir, attempt.final_image, edited.image, edited.inputs)
+        def thumbnails() -> None:
+            write_item_thumbnails(task.output_dir, attempt.final_image, edited.image, edited.inputs)
+
+        if hand_back is None:
+            thumbnails()
+        else:
+            hand_back.after.append(thumbnails)
 
 
 def settle(task: EditTask, rt: "runtime.WorkerRuntime", held: claim.Claim, attempt: commit.Attempt,
