@@ -105,3 +105,21 @@ def test_the_items_a_worker_works_on_as_the_producer_reads_them():
     assert Seen("cpu0", {"state": "ready", "task_index": None}).working == set()
     assert Seen("cpu0", {"state": "retiring", "working": [7]}).working == set()  # not serving: settled elsewhere
     assert Seen("cpu0", None).working == set()
+
+
+def test_a_burst_of_changes_is_written_once_and_the_last_one_wins(redis_url):
+    client = Recording.from_url(redis_url)
+    record = Presence(client, "editbatch", "cpu0")
+    record.publish(state="ready", working=[])
+    for i in range(4):  # items take the slot, leave it, hand back: at 0 s items, many changes per beat
+        record.publish_soon(working=[i], task_index=i)
+        time.sleep(0.01)
+    deadline = time.monotonic() + 5
+    while client.landed < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(presence_module.GATHER_S * 2)
+    written = client.written[1:]
+    record.withdraw()
+    assert len(written) == 1, written  # one write for the burst, well before the next beat
+    assert written[0]["working"] == [3] and written[0]["task_index"] == 3
+    assert json.loads(Redis.from_url(redis_url).get(keys.worker("editbatch", "cpu0")) or "null") is None  # withdrawn
