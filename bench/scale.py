@@ -8,7 +8,8 @@ peak RSS is its own; Redis memory is sampled every 0.1 s while it runs.
 Prints items/s, producer peak RSS, Redis peak memory, and whether every item
 appears exactly once in the manifest with status ok; then the producer's peak
 RSS in each step of its end, from /proc samples every 50 ms placed between the
-last result, the manifest rewrite, summary.json and the `Report:` line.
+last result, the manifest rewrite, summary.json and the `Report:` line; then
+the CPU time per item of the workers, the producer and Redis.
 """
 
 from __future__ import annotations
@@ -66,13 +67,16 @@ def main(argv=None) -> int:
                   f"{'off' if args.no_events else 'on'}, {os.cpu_count()} CPU cores", flush=True)
             print("| mode     | items/s | wall s | producer peak RSS | Redis peak memory | all once, ok |")
             print("|----------|--------:|-------:|------------------:|------------------:|:------------:|")
-            steps = []
+            steps, cpu = [], []
+            others = {"workers": [p.pid for p in cluster.workers.values()],
+                      "Redis": [cluster.redis.process.pid] if cluster.redis else []}
             for mode in args.modes.split(","):
                 cfg_path = root / f"{mode}.yaml"
                 cfg_path.write_text(dump_config(config(mode, broker)))
                 peak = {"redis": 0}
                 stop = threading.Event()
                 start = time.monotonic()
+                before = {name: cpu_s(pids) for name, pids in others.items()}
                 proc = subprocess.Popen([sys.executable, "-m", "editbatch", "run", str(cfg_path)],
                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                         env={**os.environ, "TQDM_DISABLE": "1"})
@@ -88,8 +92,11 @@ def main(argv=None) -> int:
                 sampler.start()
                 for line in proc.stdout:  # the producer's lines, timed: where its end steps begin and end
                     trace.line(line)
-                _, status, _ = os.wait4(proc.pid, 0)
+                _, status, usage = os.wait4(proc.pid, 0)
                 wall = time.monotonic() - start
+                spent = {name: cpu_s(pids) - before[name] for name, pids in others.items()}
+                spent["producer"] = usage.ru_utime + usage.ru_stime
+                cpu.append((mode, {k: 1000 * v / args.items for k, v in spent.items()}))
                 stop.set()
                 sampler.join()
                 steps.append((mode, trace.steps(manifest)))
@@ -116,7 +123,29 @@ def main(argv=None) -> int:
             names = ("dispatch", "manifest rewrite", "summary", "report", "whole")
             for mode, s in steps:
                 print(f"| {mode:<8} | " + " | ".join(mb(s.get(k), unit=False) for k in names) + " |")
+            # CPU time per item (user + system, the producer's whole command): steadier than items/s on a shared
+            # machine, and it says where to cut.
+            print("\nCPU ms per item:")
+            print("| mode     | workers | producer | Redis | total |")
+            print("|----------|--------:|---------:|------:|------:|")
+            for mode, c in cpu:
+                print(f"| {mode:<8} | {c['workers']:7.2f} | {c['producer']:8.2f} | {c['Redis']:5.2f} | "
+                      f"{sum(c.values()):5.2f} |")
     return 0
+
+
+def cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far (from /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of the whole line)
+    return total / ticks
 
 
 def mb(value: float | None, unit: bool = True) -> str:
