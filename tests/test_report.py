@@ -119,6 +119,7 @@ def test_workers_write_the_thumbnails_and_the_report_decodes_no_output(sim_run):
         time.sleep(0.05)
     for record in ok:
         thumb = thumbs[record["id"]]
+        assert ledger.record_path(out, record["id"]).is_file()
         assert thumb.stat().st_mtime >= record["finished_at"] - 1  # made after the edit (1 s: mtime's rounding)
         with Image.open(thumb) as im:
             assert im.format == "JPEG" and max(im.size) <= SIZE
