@@ -107,7 +107,8 @@ def test_the_items_a_worker_works_on_as_the_producer_reads_them():
     assert Seen("cpu0", None).working == set()
 
 
-def test_a_burst_of_changes_is_written_once_and_the_last_one_wins(redis_url):
+def test_a_burst_of_changes_is_written_once_and_the_last_one_wins(redis_url, monkeypatch):
+    monkeypatch.setattr(presence_module, "GATHER_S", 1.0)  # wide: a stalled test thread still lands in it
     client = Recording.from_url(redis_url)
     record = Presence(client, "editbatch", "cpu0")
     record.publish(state="ready", working=[])
@@ -117,9 +118,25 @@ def test_a_burst_of_changes_is_written_once_and_the_last_one_wins(redis_url):
     deadline = time.monotonic() + 5
     while client.landed < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
-    time.sleep(presence_module.GATHER_S * 2)
+    time.sleep(0.3)  # any other write of the burst would have landed by now (the next beat is 2 s away)
     written = client.written[1:]
     record.withdraw()
     assert len(written) == 1, written  # one write for the burst, well before the next beat
     assert written[0]["working"] == [3] and written[0]["task_index"] == 3
     assert json.loads(Redis.from_url(redis_url).get(keys.worker("editbatch", "cpu0")) or "null") is None  # withdrawn
+
+
+def test_an_item_taken_up_is_written_at_once_with_what_was_gathered(redis_url, monkeypatch):
+    monkeypatch.setattr(presence_module, "GATHER_S", 30.0)
+    client = Recording.from_url(redis_url)
+    record = Presence(client, "editbatch", "cpu0")
+    record.publish(state="ready", working=[])
+    record.publish_soon(task=None, idle_since=1.0)  # shown only: waits to be gathered
+    time.sleep(0.2)
+    assert client.landed == 1
+    record.publish_soon(at_once=True, working=[7])  # the producer acts on it: not gathered
+    deadline = time.monotonic() + 5
+    while client.landed < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    record.withdraw()
+    assert client.written[1]["working"] == [7] and client.written[1]["idle_since"] == 1.0

@@ -23,6 +23,7 @@ from redis import Redis
 
 from editbatch import keys, ledger, redisconn
 from editbatch.barrier import BatchBarrier
+from editbatch.report.thumbnails import thumbnail_path
 from editbatch.tasks import claim, commit, steps
 from editbatch.tasks.contract import EditTask
 from editbatch.tasks.handback import HandBack
@@ -353,3 +354,20 @@ def test_a_start_begun_while_redis_is_away_is_made_again_by_the_items_own_thread
     assert rt.redis.llen(inbox) == 1  # in Redis before the reply is read
     complete()
     assert rt.redis.llen(inbox) == 1
+
+
+def test_the_thumbnails_are_made_once_the_hand_back_is_sent(rt, tmp_path):
+    out = tmp_path / "out"
+    inbox = keys.results(rt.cluster.namespace, "r8")
+    task = make_task(out, run="r8", report=inbox)
+    hand_back = HandBack()
+    result = steps.process(task, rt, hand_back)
+    hand_back.report(inbox, result)
+    thumb = thumbnail_path(out, out / result["output"])
+    assert result["status"] == "ok" and ledger.record_path(out, task.id).is_file()
+    assert not thumb.exists()  # the item is whole and reportable without them
+    steps.send(rt, hand_back)
+    assert [json.loads(m)["id"] for m in rt.redis.lrange(inbox, 0, -1) if "event" not in json.loads(m)] == [task.id]
+    with Image.open(thumb) as im:
+        assert im.format == "JPEG"
+    assert hand_back.after == []  # done once

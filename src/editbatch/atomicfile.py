@@ -26,15 +26,20 @@ def write_both(first: tuple[Path, str | bytes], second: tuple[Path, str | bytes]
     once the first is (a reader that finds the second finds the first whole).
 
     Two fsyncs in flight together are committed by one journal flush on ext4 (about 0.2 ms less than one
-    after the other here). An error writing either raises once both writes are over; the second is then
-    not in place.
+    after the other here). An error writing either raises once both writes are over (the first's, when
+    both failed); the second is then not in place.
     """
-    done: Future = _helper().submit(write_atomic, *first)
+    try:
+        done: Future = _helper().submit(write_atomic, *first)
+    except RuntimeError:  # the interpreter is exiting (a cold shutdown mid-edit): no new threads, one by one
+        write_atomic(*first)
+        write_atomic(*second)
+        return
     tmp: Path | None = None
     try:
         tmp = _write_beside(*second, True)
-    except OSError as exc:
-        failed: OSError | None = exc
+    except BaseException as exc:  # noqa: BLE001 - raised below, once the first write is over
+        failed: BaseException | None = exc
     else:
         failed = None
     try:
@@ -92,3 +97,12 @@ def _helper() -> ThreadPoolExecutor:
         if _pool is None:
             _pool = ThreadPoolExecutor(4, thread_name_prefix="editbatch-write")
         return _pool
+
+
+def _forget_pool() -> None:
+    # A forked child has the pool but none of its threads: it would wait forever on its first write.
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)

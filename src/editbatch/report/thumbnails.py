@@ -83,7 +83,9 @@ def write_item_thumbnails(run_dir: str | Path, output: Path, image: Image.Image,
     """
     run_dir = Path(run_dir)
     try:
-        write_thumbnail(image, thumbnail_path(run_dir, output))
+        target = thumbnail_path(run_dir, output)
+        if not is_fresh(output, target):  # a report built meanwhile may have made it (they come after the result)
+            write_thumbnail(image, target)
         for source, decoded in inputs:
             target = thumbnail_path(run_dir, Path(source))
             if not is_fresh(Path(source), target):

@@ -24,9 +24,10 @@ from . import runtime
 from ..tasks.contract import TASK_NAME
 
 
-def _publish(**fields) -> None:
+def _publish(at_once: bool = False, **fields) -> None:
     try:
-        runtime.current().presence.publish_soon(**fields)  # written by the beat thread: no wait between tasks
+        # Written by the beat thread: no wait between tasks.
+        runtime.current().presence.publish_soon(at_once=at_once, **fields)
     except Exception:  # noqa: BLE001 - status is informative; a task must never fail for it
         pass
 
@@ -39,7 +40,9 @@ def begin(index: int) -> None:
     """The item's task took the device: it is this worker's until `end`."""
     with _working_lock:
         _working[index] += 1
-        _publish(working=sorted(_working))
+        # At once: the producer takes an item that has started and is in no worker's `working` for lost, and
+        # a host cut off just after this must leave a record that says the item is here.
+        _publish(at_once=True, working=sorted(_working))
 
 
 def end(index: int) -> None:

@@ -18,8 +18,8 @@ from .. import keys
 from ..keys import PRESENCE_BEAT_S as BEAT_S
 from ..keys import PRESENCE_TTL_S as TTL_S
 
-# How long `publish_soon` changes are gathered into one write: far below the producer's checks of `working`
-# (dispatch.CHECK_EVERY_S, twice in a row) and the heartbeat.
+# How long `publish_soon` changes are gathered into one write (status's busy or idle, an item leaving
+# `working` once its result is sent): shown, not acted on.
 GATHER_S = 0.1
 
 
@@ -47,6 +47,7 @@ class Presence:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()  # write now (publish_soon, withdraw), not at the next beat
+        self._now = threading.Event()  # ...without gathering (publish_soon(at_once=True), withdraw)
         self._thread: threading.Thread | None = None
 
     def publish(self, **fields: Any) -> None:
@@ -61,16 +62,19 @@ class Presence:
                     self._thread.start()
             self.redis.set(self.key, data, ex=TTL_S)
 
-    def publish_soon(self, **fields: Any) -> None:
-        """Change the record now and let the beat thread write it within GATHER_S: for the device slot and the
-        guard, so that a worker between two items does not wait on Redis for what is only shown (status,
-        the producer's checks)."""
+    def publish_soon(self, *, at_once: bool = False, **fields: Any) -> None:
+        """Change the record now and let the beat thread write it: for the device slot and the task's
+        activity, so that a worker between two items does not wait on Redis. Changes are gathered for
+        GATHER_S into one write, unless `at_once`: evidence the producer acts on (an item now worked on
+        here, so not lost) goes out as soon as the thread runs, with whatever was gathered."""
         with self._lock:
             beating = self._thread is not None
             if beating and not self._stop.is_set():
                 self.record.update(fields)
         if not beating:
             return self.publish(**fields)  # nothing written yet: no beat to hand it to
+        if at_once:
+            self._now.set()
         self._wake.set()
 
     def snapshot(self) -> dict[str, Any]:
@@ -82,8 +86,9 @@ class Presence:
             if self._wake.wait(BEAT_S):
                 # Changes come in bursts (each item takes the slot, leaves it, hands back): one write carries
                 # all of a short spell's, not one each (at 0 s items those writes were a tenth of a worker's CPU).
-                self._stop.wait(GATHER_S)
+                self._now.wait(GATHER_S)
             self._wake.clear()
+            self._now.clear()
             with self._write:
                 with self._lock:
                     if self._stop.is_set():
@@ -99,6 +104,7 @@ class Presence:
         with self._write:  # waits for a beat or publish in flight; none writes after this
             with self._lock:
                 self._stop.set()
+            self._now.set()
             self._wake.set()
             try:
                 self.redis.delete(self.key)
