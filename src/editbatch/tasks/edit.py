@@ -2,7 +2,7 @@
 
 Send on a task for another model; give back a task taken while the worker
 retires or shuts down; then the item's own steps (see steps.py: wait for
-the previous batch; on the device, claim and compute; then commit and
+the previous batch; on the device, claim and compute; then write and
 commit). A task of a run that is over, or a copy the producer took back
 for an idle device (take_back.py), is skipped when it comes to claim its
 item. Then tell the guard, send the item's hand-back (claim release,
