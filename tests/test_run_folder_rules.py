@@ -113,12 +113,16 @@ def test_cancelled_items_are_not_run_retry_runs_failed_ones_and_resume_the_rest(
     after = Counter(c["id"] for c in read_jsonl(calls))
     assert set(after - computed) == {"item-001"}, after - computed  # the failed item only (once more, or twice)
     manifest, summary = read_run(out)
-    assert {r["id"] for r in manifest if r["status"] == "not_run"} == not_run
+    still = {r["id"] for r in manifest if r["status"] == "not_run"}
+    # An edit in flight at the cancel is recorded not_run by the stopped run ("run cancelled before this item
+    # finished"); if it ended before its worker's next stop check, its record is in the ledger, and the retry
+    # takes it from there: computed once, before the retry, never again.
+    assert still <= not_run and all(computed[i] == 1 for i in not_run - still), (not_run, still, computed)
 
     resume = run_cli("resume", str(out), "--broker", url, timeout=120)
     assert resume.returncode == 0, resume.stdout + resume.stderr
     final = Counter(c["id"] for c in read_jsonl(calls))
-    assert set(final - after) == not_run and max((final - after).values()) == 1
+    assert set(final - after) == still and max((final - after).values(), default=1) == 1
     manifest, summary = read_run(out)
     assert all(r["status"] == "ok" for r in manifest) and summary["not_run"] == 0
 
