@@ -7,7 +7,6 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from .atomicfile import write_atomic
 
 
 _PIL_LIMIT = threading.Lock()
@@ -56,12 +55,6 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return img.convert("RGB")
-
-
-def save_png(image: Image.Image, path: Path) -> None:
-    """Write atomically: a crash never leaves a truncated PNG under the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, png_bytes(image))
 
 
 def png_bytes(image: Image.Image) -> bytes:
