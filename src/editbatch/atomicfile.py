@@ -25,7 +25,7 @@ def write_both(first: tuple[Path, str | bytes], second: tuple[Path, str | bytes]
     """Write two files as `write_atomic` does, fsynced side by side, the second renamed into place only
     once the first is (a reader that finds the second finds the first whole).
 
-    Two fsyncs in flight together are committed by one journal flush on ext4 (about 0.2 ms less than one
+    Two fsyncs in flight together can share one journal commit on ext4 (about 0.2 ms less than one
     after the other here). An error writing either raises once both writes are over (the first's, when
     both failed); the second is then not in place.
     """
